@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Installs everything Partial FC needs on a fresh Debian machine with Python 3.11:
+#   system packages (Open MPI), a virtual environment with the pinned stack of DESIGN §2,
+#   Horovod 0.28.1 built from source with MXNet, Gloo and MPI, and this project (editable).
+#
+# Usage: bash scripts/install.sh [--cuda 112]     (--cuda picks mxnet-cu112 and Horovod with NCCL)
+#
+# The venv lives in a cache folder keyed by a hash of its inputs (this script, requirements.txt,
+# the CUDA choice), so re-running on an unchanged tree only re-installs the project itself (seconds).
+# .venv in the repository is a link to it. PFC_VENV_DIR overrides the cache location.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cuda=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cuda) cuda="${2:?--cuda needs a version such as 112 or 117}"; shift 2 ;;
+    --cuda=*) cuda="${1#--cuda=}"; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option '$1' (known: --cuda VERSION)" >&2; exit 2 ;;
+  esac
+done
+case "$cuda" in
+  "") mxnet_pkg="mxnet==1.9.1" ;;
+  101|102|110|112|113|114|115|116|117) mxnet_pkg="mxnet-cu${cuda}==1.9.1" ;;
+  *) echo "install.sh: --cuda $cuda is not an mxnet 1.9.1 build (known: 101 102 110 112 113 114 115 116 117)" >&2; exit 2 ;;
+esac
+
+log() { echo "[install] $*"; }
+
+# --- system packages -------------------------------------------------------------------------
+need_apt=()
+command -v mpirun >/dev/null 2>&1 || need_apt+=(openmpi-bin)
+[ -e /usr/include/x86_64-linux-gnu/openmpi/mpi.h ] || [ -e /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h ] \
+  || command -v mpicxx >/dev/null 2>&1 || need_apt+=(libopenmpi-dev)
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+# Horovod's build and import also need the MXNet runtime's libgomp-free toolchain; g++/make cover it.
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt-get install ${need_apt[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+# --- python ---------------------------------------------------------------------------------
+py="${PYTHON:-python3.11}"
+command -v "$py" >/dev/null 2>&1 || py=python3
+"$py" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || {
+  echo "install.sh: Python 3.11 is required (mxnet 1.9.1 needs numpy<1.24, which has no 3.12 wheel); found $("$py" --version 2>&1)" >&2
+  exit 1
+}
+
+key="$( (cat "$here/scripts/install.sh" "$here/requirements.txt"; echo "cuda=$cuda"; "$py" --version) | sha256sum | cut -c1-16)"
+cache_root="${PFC_VENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/partial-fc}"
+venv="$cache_root/venv-$key"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if [ ! -f "$venv/.complete" ]; then
+  log "building venv $venv (first time for these inputs: a few minutes, Horovod compiles)"
+  rm -rf "$venv"
+  mkdir -p "$cache_root"
+  "$py" -m venv "$venv"
+  pip="$venv/bin/python -m pip"
+  $pip install -q --upgrade "pip>=24" "setuptools>=69,<80" wheel "cmake>=3.13,<4"
+  $pip install -q -r "$here/requirements.txt" "$mxnet_pkg"
+  # Horovod compiles against the mxnet now in the venv, hence --no-build-isolation.
+  hv_env=(HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1
+          HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1)
+  [ -z "$cuda" ] || hv_env+=(HOROVOD_GPU_OPERATIONS=NCCL)
+  log "building horovod 0.28.1 (${hv_env[*]})"
+  env "${hv_env[@]}" MAKEFLAGS="-j$(nproc)" $pip install -q --no-build-isolation horovod==0.28.1
+  "$venv/bin/python" - <<'PY'
+import horovod.mxnet as hvd
+assert hvd.mpi_built() and hvd.gloo_built(), "horovod was built without MPI or Gloo"
+PY
+  touch "$venv/.complete"
+else
+  log "reusing venv $venv"
+fi
+
+ln -sfn "$venv" "$here/.venv"
+# The project itself: editable, no dependency resolution (the venv is already pinned).
+"$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$here"
+log "ready: source $here/.venv/bin/activate"

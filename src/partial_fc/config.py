@@ -1,0 +1,153 @@
+"""The configuration: one typed reader of PFC_* environment variables (DESIGN §4, STYLE §3).
+
+Defaults live in the Config dataclass below, next to the reason for each; dataset presets are a table.
+Unknown PFC_* keys and malformed values are errors that name the key, never silently ignored.
+This is the only module that reads os.environ.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Mapping
+
+from .margin import PRESETS as MARGIN_PRESETS
+
+PREFIX = "PFC_"
+
+
+class ConfigError(ValueError):
+    """A PFC_* setting that is unknown or malformed."""
+
+
+# Dataset presets: class counts of the public training sets, plus synthetic sizes for benchmarks.
+DATASETS: dict[str, dict] = {
+    "webface":       {"num_classes": 10_575},
+    "emore":         {"num_classes": 85_742},
+    "ms1mv2":        {"num_classes": 85_742},
+    "glint360k":     {"num_classes": 360_232},
+    "synthetic":     {"num_classes": 1_000},
+    "synthetic_1m":  {"num_classes": 1_000_000},
+    "synthetic_10m": {"num_classes": 10_000_000},
+    "synthetic_20m": {"num_classes": 20_000_000},
+    "synthetic_30m": {"num_classes": 30_000_000},
+    "synthetic_100m": {"num_classes": 100_000_000},
+}
+
+
+@dataclass
+class Config:
+    # --- data ---
+    dataset: str = "emore"             # a key of DATASETS; sets num_classes unless PFC_NUM_CLASSES is given
+    num_classes: int = 0               # 0: take it from the dataset preset
+    data_dir: str = ""                 # folder with train.rec / train.idx / property and the .bin sets
+    # --- head ---
+    loss: str = "arcface"              # arcface | cosface | combined | softmax (a preset of m1, m2, m3)
+    margin_s: float = 64.0             # logit scale s
+    margin_m1: float = -1.0            # < 0: take m1, m2, m3 from the loss preset
+    margin_m2: float = -1.0
+    margin_m3: float = -1.0
+    embedding_size: int = 512
+    sample_rate: float = 1.0           # r: fraction of each shard's centers used per step (1.0 = all)
+    memory_bank: str = "device"        # device | host: where centers and their momentum live
+    # --- optimisation (reference defaults) ---
+    batch_size: int = 64               # per worker
+    lr: float = 0.1                    # backbone lr for a global batch of 512; scaled linearly with W*B
+    memory_bank_lr: float = 0.1        # lr of the centers, scaled like lr
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_steps: str = "100000,160000,220000"  # steps at which lr is divided by 10
+    warmup_steps: int = 0
+    max_steps: int = 0                 # 0: the last lr step + 20000 (the dataset schedule)
+    # --- run ---
+    network: str = "r100"
+    comm: str = "horovod"              # horovod | mpi | local: transport of the FC's collectives
+    seed: int = 0
+    frequent: int = 20                 # log every this many steps
+    verbose: int = 2000                # verify on the .bin sets every this many steps
+    output: str = "models"             # checkpoints, logs and config.json go here
+    fp16: bool = False
+    # fields derived in __post_init__ (not environment keys)
+    margins: tuple = field(default=(), init=False, repr=False)
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"PFC_DATASET={self.dataset!r} is not a known dataset "
+                              f"(known: {', '.join(DATASETS)})")
+        if self.num_classes == 0:
+            self.num_classes = DATASETS[self.dataset]["num_classes"]
+        if self.loss not in MARGIN_PRESETS:
+            raise ConfigError(f"PFC_LOSS={self.loss!r} is not a known loss (known: {', '.join(MARGIN_PRESETS)})")
+        preset = MARGIN_PRESETS[self.loss]
+        self.margins = tuple(p if v < 0 else v for p, v in zip(preset, (self.margin_m1, self.margin_m2, self.margin_m3)))
+        checks = [
+            (self.num_classes >= 1, "PFC_NUM_CLASSES", "must be >= 1"),
+            (0.0 < self.sample_rate <= 1.0, "PFC_SAMPLE_RATE", "must be in (0, 1]"),
+            (self.embedding_size >= 1, "PFC_EMBEDDING_SIZE", "must be >= 1"),
+            (self.batch_size >= 1, "PFC_BATCH_SIZE", "must be >= 1"),
+            (self.margin_s > 0, "PFC_MARGIN_S", "must be > 0"),
+            (self.lr >= 0 and self.memory_bank_lr >= 0, "PFC_LR / PFC_MEMORY_BANK_LR", "must be >= 0"),
+            (0.0 <= self.momentum < 1.0, "PFC_MOMENTUM", "must be in [0, 1)"),
+            (self.weight_decay >= 0, "PFC_WEIGHT_DECAY", "must be >= 0"),
+            (self.memory_bank in ("device", "host"), "PFC_MEMORY_BANK", "must be 'device' or 'host'"),
+            (self.comm in ("horovod", "mpi", "local"), "PFC_COMM", "must be 'horovod', 'mpi' or 'local'"),
+            (self.frequent >= 1 and self.verbose >= 1, "PFC_FREQUENT / PFC_VERBOSE", "must be >= 1"),
+            (self.warmup_steps >= 0 and self.max_steps >= 0, "PFC_WARMUP_STEPS / PFC_MAX_STEPS", "must be >= 0"),
+        ]
+        for ok, key, why in checks:
+            if not ok:
+                raise ConfigError(f"{key} {why}")
+        steps = self.lr_step_list
+        if steps != sorted(steps) or any(s <= 0 for s in steps):
+            raise ConfigError(f"PFC_LR_STEPS={self.lr_steps!r} must be increasing positive integers")
+
+    @property
+    def lr_step_list(self) -> list[int]:
+        try:
+            return [int(s) for s in self.lr_steps.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"PFC_LR_STEPS={self.lr_steps!r} must be comma-separated integers") from None
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["margins"] = list(self.margins)
+        return json.dumps(d, indent=2, sort_keys=True)
+
+
+def env_key(name: str) -> str:
+    return PREFIX + name.upper()
+
+
+_BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _parse(key: str, raw: str, typ):
+    try:
+        if typ is bool:
+            return _BOOL[raw.strip().lower()]
+        return typ(raw.strip()) if typ is not str else raw
+    except (KeyError, ValueError):
+        kind = {bool: "a boolean (0/1/true/false)", int: "an integer", float: "a number"}.get(typ, typ.__name__)
+        raise ConfigError(f"{key}={raw!r} is not {kind}") from None
+
+
+def load(environ: Mapping[str, str] | None = None, **overrides) -> Config:
+    """Build the Config from PFC_* variables of `environ` (default: os.environ), then `overrides`."""
+    environ = os.environ if environ is None else environ
+    settable = {f.name: f for f in fields(Config) if f.init}
+    types = {"str": str, "int": int, "float": float, "bool": bool}
+    values = {}
+    for key, raw in environ.items():
+        if not key.startswith(PREFIX):
+            continue
+        name = key[len(PREFIX):].lower()
+        if name not in settable:
+            known = ", ".join(env_key(n) for n in settable)
+            raise ConfigError(f"unknown setting {key} (known: {known})")
+        values[name] = _parse(key, raw, types[settable[name].type])
+    for name in overrides:
+        if name not in settable:
+            raise ConfigError(f"unknown setting {name!r}")
+    values.update(overrides)
+    return Config(**values)

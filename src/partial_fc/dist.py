@@ -1,0 +1,134 @@
+"""Every collective the project uses, behind one flat interface. The only importer of horovod and mpi4py.
+
+Three transports with the same methods:
+    LocalComm    world size 1, no communication: lets the math run in plain pytest
+    HorovodComm  horovod.mxnet (default; launched by horovodrun, or mpirun with Horovod built with MPI)
+    MpiComm      mpi4py (PFC_COMM=mpi; launched by mpirun)
+
+Each collective takes and returns MXNet NDArrays and carries an explicit, stable name ("pfc.logits_max"):
+Horovod matches collectives across ranks by name, and a name shows which op stalled when ranks disagree.
+Row splits follow rank order: allgather stacks rank 0's rows first; reducescatter hands rank k the k-th
+equal block of rows, so it undoes an allgather of equal-sized batches.
+"""
+from __future__ import annotations
+
+import mxnet as mx
+import numpy as np
+
+TRANSPORTS = ("horovod", "mpi", "local")
+
+
+class LocalComm:
+    """A world of one process. Collectives return their input (a copy-free identity)."""
+    rank, size, local_rank, transport = 0, 1, 0, "local"
+
+    def allgather(self, x, name):
+        return x
+
+    def allreduce(self, x, op, name):
+        _check_op(op)
+        return x
+
+    def reducescatter(self, x, name):
+        return x
+
+    def broadcast(self, x, root, name):
+        return x
+
+    def barrier(self, name="pfc.barrier"):
+        pass
+
+
+class HorovodComm:
+    transport = "horovod"
+
+    def __init__(self):
+        import horovod.mxnet as hvd
+        hvd.init()
+        self._hvd = hvd
+        self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
+
+    def allgather(self, x, name):
+        return self._hvd.allgather(x, name=name)
+
+    def allreduce(self, x, op, name):
+        hvd_op = {"sum": self._hvd.Sum, "max": self._hvd.Max}[_check_op(op)]
+        return self._hvd.allreduce(x, op=hvd_op, name=name)
+
+    def reducescatter(self, x, name):
+        # Horovod's default op is Average; the operator needs the plain sum of every rank's part.
+        return self._hvd.reducescatter(x, op=self._hvd.Sum, name=name)
+
+    def broadcast(self, x, root, name):
+        return self._hvd.broadcast(x, root_rank=root, name=name)
+
+    def barrier(self, name="pfc.barrier"):
+        self.allreduce(mx.nd.zeros((1,)), "sum", name).wait_to_read()
+
+
+class MpiComm:
+    transport = "mpi"
+
+    def __init__(self):
+        from mpi4py import MPI
+        self._mpi = MPI
+        self._comm = MPI.COMM_WORLD
+        self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
+        self.local_rank = self._comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+
+    def allgather(self, x, name):
+        a = _host(x)
+        # Row counts first, so ranks whose batches differ are caught rather than mis-sliced.
+        counts = self._comm.allgather(a.shape[0])
+        row = int(np.prod(a.shape[1:], dtype=np.int64))
+        out = np.empty((sum(counts),) + a.shape[1:], dtype=a.dtype)
+        self._comm.Allgatherv(a, [out, [c * row for c in counts]])
+        return _like(out, x)
+
+    def allreduce(self, x, op, name):
+        a = _host(x)
+        out = np.empty_like(a)
+        mpi_op = {"sum": self._mpi.SUM, "max": self._mpi.MAX}[_check_op(op)]
+        self._comm.Allreduce(a, out, op=mpi_op)
+        return _like(out, x)
+
+    def reducescatter(self, x, name):
+        a = _host(x)
+        if a.shape[0] % self.size:
+            raise ValueError(f"{name}: {a.shape[0]} rows do not split evenly over {self.size} ranks")
+        out = np.empty((a.shape[0] // self.size,) + a.shape[1:], dtype=a.dtype)
+        self._comm.Reduce_scatter_block(a, out, op=self._mpi.SUM)
+        return _like(out, x)
+
+    def broadcast(self, x, root, name):
+        a = _host(x).copy()
+        self._comm.Bcast(a, root=root)
+        return _like(a, x)
+
+    def barrier(self, name="pfc.barrier"):
+        self._comm.Barrier()
+
+
+def _check_op(op):
+    if op not in ("sum", "max"):
+        raise ValueError(f"unknown reduction {op!r} (known: 'sum', 'max')")
+    return op
+
+
+def _host(x):
+    return np.ascontiguousarray(x.asnumpy() if isinstance(x, mx.nd.NDArray) else x)
+
+
+def _like(a, x):
+    return mx.nd.array(a, ctx=x.context, dtype=a.dtype) if isinstance(x, mx.nd.NDArray) else a
+
+
+def init(transport: str = "horovod"):
+    """Start the chosen transport. Called once by the program, never at import time."""
+    if transport == "horovod":
+        return HorovodComm()
+    if transport == "mpi":
+        return MpiComm()
+    if transport == "local":
+        return LocalComm()
+    raise ValueError(f"unknown communication transport {transport!r} (known: {', '.join(TRANSPORTS)})")

@@ -1,0 +1,1 @@
+"""Backbone networks: one per file, each with get_symbol(**kwargs)."""

@@ -1,0 +1,132 @@
+"""The distributed Partial FC step equals a dense, single-process margin softmax (DESIGN §5).
+
+Every rank draws the same full problem (features of all N rows, labels, all C centers and momentum),
+runs the operator on its own batch rows and class shard, and compares loss, feature gradients, sampled
+center gradients, and centers + momentum after one update with tests/reference.py in float64.
+"""
+import mxnet as mx
+import numpy as np
+import pytest
+
+from partial_fc.margin import PRESETS, Margin
+from partial_fc.memory_bank import MemoryBank
+from partial_fc.partial_fc import PartialFC
+from partial_fc.sampler import CenterSampler
+from partial_fc.sharding import shard_range
+from reference import assert_close, dense, sgd_momentum
+
+C, D, B = 103, 16, 5          # 103 classes split unevenly over 2 and 3 ranks
+S_SCALE, LR, MU, WD = 64.0, 0.1, 0.9, 5e-4
+SEED, STEP = 11, 3
+
+
+def problem(world):
+    rng = np.random.default_rng(2024)
+    F = rng.normal(size=(B * world, D)).astype(np.float32)
+    Y = rng.integers(0, C, size=B * world, dtype=np.int64)
+    Wc = (rng.normal(size=(C, D)) * 0.1).astype(np.float32)
+    mom = (rng.normal(size=(C, D)) * 0.01).astype(np.float32)  # non-zero: the update must carry it
+    return F, Y, Wc, mom
+
+
+def sampled_classes(Y, world, rate):
+    """Global ids of every rank's sampled centers, rebuilt locally from the deterministic sampler."""
+    ids = []
+    for k in range(world):
+        start, count = shard_range(C, world, k)
+        ids.append(start + CenterSampler(start, count, C, rate, seed=SEED, rank=k).sample(Y, STEP).index)
+    return np.concatenate(ids)
+
+
+# s = 64 (the default) makes the softmax nearly one-hot on random data; s = 4 spreads it over every class
+# so that all entries of the gradients carry weight in the comparison.
+@pytest.mark.parametrize("scale", [64.0, 4.0])
+@pytest.mark.parametrize("storage", ["device", "host"])
+@pytest.mark.parametrize("rate", [1.0, 0.3])
+@pytest.mark.parametrize("loss", ["arcface", "cosface"])
+def test_step_equals_dense_reference(comm, loss, rate, storage, scale):
+    W_, k = comm.size, comm.rank
+    F, Y, Wc, mom = problem(W_)
+    margins = PRESETS[loss]
+    start, count = shard_range(C, W_, k)
+    bank = MemoryBank(Wc[start:start + count], mom[start:start + count], storage=storage, lr_momentum=MU, wd=WD)
+    op = PartialFC(comm, C, D, Margin(scale, *margins), rate, bank=bank, seed=SEED)
+
+    rows = slice(k * B, (k + 1) * B)
+    out = op.forward_backward(mx.nd.array(F[rows]), Y[rows], STEP)
+    op.update(out, LR)
+
+    classes = sampled_classes(Y, W_, rate)
+    if rate == 1.0:
+        assert np.array_equal(classes, np.arange(C))
+    ref = dense(F, Y, Wc[classes], classes, margins, scale)
+
+    assert_close(out.loss, ref.loss, what="loss")
+    assert_close(out.feature_grad.asnumpy(), ref.dF[rows], what="feature gradient")
+    mine = np.isin(classes, start + out.sample.index)
+    assert mine.sum() == out.sample.index.size
+    assert_close(out.center_grad.asnumpy(), ref.dW[mine], what="center gradient")
+
+    w_ref, m_ref = Wc.astype(np.float64), mom.astype(np.float64)
+    w_ref[classes], m_ref[classes] = sgd_momentum(w_ref[classes], m_ref[classes], ref.dW, LR, MU, WD)
+    w_new, m_new = bank.numpy()
+    assert_close(w_new, w_ref[start:start + count], what="centers after update")
+    assert_close(m_new, m_ref[start:start + count], what="momentum after update")
+    # Rows that were not sampled are untouched, bit for bit.
+    untouched = np.setdiff1d(np.arange(count), out.sample.index)
+    assert np.array_equal(w_new[untouched], Wc[start + untouched])
+    assert np.array_equal(m_new[untouched], mom[start + untouched])
+
+
+def test_world_size_is_what_the_launcher_started(comm, request):
+    """Guards against N independent one-process worlds passing every test (e.g. a mismatched MPI)."""
+    expected = request.config.getoption("world_size")
+    if expected is None:
+        pytest.skip("run with --world-size N to check the launcher's world")
+    assert comm.size == expected
+
+
+def test_mean_loss_scaling_is_independent_of_world_size(comm):
+    """The loss reported on every rank is the mean over the global batch, the same number on all ranks."""
+    F, Y, Wc, _ = problem(comm.size)
+    start, count = shard_range(C, comm.size, comm.rank)
+    op = PartialFC(comm, C, D, Margin(S_SCALE, *PRESETS["arcface"]), 1.0,
+                   bank=MemoryBank(Wc[start:start + count]), seed=SEED)
+    rows = slice(comm.rank * B, (comm.rank + 1) * B)
+    out = op.forward_backward(mx.nd.array(F[rows]), Y[rows], STEP)
+    losses = comm.allgather(mx.nd.array([out.loss], dtype="float64"), "test.losses").asnumpy()
+    assert np.all(losses == losses[0])
+    assert_close(out.loss, dense(F, Y, Wc, np.arange(C), PRESETS["arcface"], S_SCALE).loss)
+
+
+def test_label_outside_all_shards_fails_on_every_rank(comm):
+    """One rank's bad label must raise on all ranks (checked after the allgather), not hang the others."""
+    F, Y, Wc, _ = problem(comm.size)
+    start, count = shard_range(C, comm.size, comm.rank)
+    op = PartialFC(comm, C, D, Margin(), 0.5, bank=MemoryBank(Wc[start:start + count]))
+    labels = Y[:B].copy()
+    if comm.rank == comm.size - 1:
+        labels[0] = C + 7
+    with pytest.raises(ValueError, match=f"label {C + 7} is outside"):
+        op.forward_backward(mx.nd.array(F[:B]), labels, 0)
+
+
+def test_many_steps_keep_matching(comm):
+    """Three consecutive steps at r = 0.3 (state carried in the bank) still equal the dense run."""
+    F, Y, Wc, mom = problem(comm.size)
+    margins = PRESETS["arcface"]
+    start, count = shard_range(C, comm.size, comm.rank)
+    bank = MemoryBank(Wc[start:start + count], mom[start:start + count], lr_momentum=MU, wd=WD)
+    op = PartialFC(comm, C, D, Margin(S_SCALE, *margins), 0.3, bank=bank, seed=SEED)
+    rows = slice(comm.rank * B, (comm.rank + 1) * B)
+    w_ref, m_ref = Wc.astype(np.float64), mom.astype(np.float64)
+    for step in range(3):
+        out = op.forward_backward(mx.nd.array(F[rows]), Y[rows], step)
+        op.update(out, LR)
+        ids = np.concatenate([shard_range(C, comm.size, r)[0] + CenterSampler(
+            *shard_range(C, comm.size, r), C, 0.3, seed=SEED, rank=r).sample(Y, step).index
+            for r in range(comm.size)])
+        ref = dense(F, Y, w_ref[ids], ids, margins, S_SCALE)
+        assert_close(out.loss, ref.loss, what=f"loss at step {step}")
+        w_ref[ids], m_ref[ids] = sgd_momentum(w_ref[ids], m_ref[ids], ref.dW, LR, MU, WD)
+    assert_close(bank.numpy()[0], w_ref[start:start + count], what="centers after 3 steps")
