@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything (scripts/install.sh: fast when nothing changed) and runs every test tier:
+#   1. pytest tests/            single-process tests, and the parallel tier at world size 1
+#   2. the parallel tier under horovodrun -np 2 and -np 3 (Gloo; 3 gives uneven shards)
+#   3. the parallel tier under mpirun: Horovod over MPI at -np 2, the mpi4py transport at -np 2 and -np 3
+# Exits non-zero when any test fails, a rank hangs past its time limit, or a tier collects no test
+# (pytest exits 5 then, and that counts as a failure here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+. .venv/bin/activate
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MXNET_CPU_WORKER_NTHREADS=1
+
+limit=${PFC_TEST_TIMEOUT:-900}   # seconds per tier: a hung collective fails the run instead of stalling it
+mpi=(mpirun --oversubscribe --bind-to none)
+[ "$(id -u)" -ne 0 ] || mpi+=(--allow-run-as-root)
+pytest=(python -m pytest -q --color=no)
+
+tier() {
+  local what="$1"; shift
+  echo "=== $what"
+  set +e
+  timeout --kill-after=30 "$limit" "$@"
+  local rc=$?
+  set -e
+  case $rc in
+    0) ;;
+    5) echo "FAILED: $what collected no tests"; exit 1 ;;
+    124|137) echo "FAILED: $what did not finish within ${limit}s"; exit 1 ;;
+    *) echo "FAILED: $what (exit $rc)"; exit 1 ;;
+  esac
+}
+
+tier "single process" "${pytest[@]}" tests
+tier "horovodrun -np 2 (gloo)" horovodrun -np 2 -H localhost:2 --gloo "${pytest[@]}" tests/parallel --world-size 2
+tier "horovodrun -np 3 (gloo)" horovodrun -np 3 -H localhost:3 --gloo "${pytest[@]}" tests/parallel --world-size 3
+tier "mpirun -np 2 (horovod over MPI)" "${mpi[@]}" -np 2 "${pytest[@]}" tests/parallel --world-size 2
+tier "mpirun -np 2 (PFC_COMM=mpi)" "${mpi[@]}" -np 2 -x PFC_COMM=mpi "${pytest[@]}" tests/parallel --world-size 2
+tier "mpirun -np 3 (PFC_COMM=mpi)" "${mpi[@]}" -np 3 -x PFC_COMM=mpi "${pytest[@]}" tests/parallel --world-size 3
+echo "all test tiers passed"

@@ -1,0 +1,13 @@
+#!/usr/bin/env python
+"""Unpack Glint360K-style train.rec/train.idx folders into one folder per identity (raw image bytes).
+
+    python unpack_glint360k.py --include /data/glint360k,/data/faces_emore --output /data/unpacked
+
+The same as `partial-fc unpack`; requires the project to be installed (scripts/install.sh).
+"""
+import sys
+
+from partial_fc.unpack import main
+
+if __name__ == "__main__":
+    sys.exit(main())
