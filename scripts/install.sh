@@ -5,9 +5,10 @@
 #
 # Usage: bash scripts/install.sh [--cuda 112]     (--cuda picks mxnet-cu112 and Horovod with NCCL)
 #
-# The venv lives in a cache folder keyed by a hash of its inputs (this script, requirements.txt,
-# the CUDA choice), so re-running on an unchanged tree only re-installs the project itself (seconds).
-# .venv in the repository is a link to it. PFC_VENV_DIR overrides the cache location.
+# The venv is .venv in the repository, rebuilt only when its inputs (this script, requirements.txt, the
+# CUDA choice, the Python version) change; re-running on an unchanged tree takes seconds. The compiled
+# Horovod wheel is cached outside the tree (PFC_CACHE_DIR, default ~/.cache/partial-fc), so a fresh
+# clone does not compile it again.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -53,34 +54,42 @@ command -v "$py" >/dev/null 2>&1 || py=python3
 }
 
 key="$( (cat "$here/scripts/install.sh" "$here/requirements.txt"; echo "cuda=$cuda"; "$py" --version) | sha256sum | cut -c1-16)"
-cache_root="${PFC_VENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/partial-fc}"
-venv="$cache_root/venv-$key"
+# Horovod's compiled wheel is kept per input hash (the CUDA flavour changes the build), so a fresh clone
+# installs it in seconds instead of compiling again. pip's own cache serves the other wheels.
+cache_root="${PFC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/partial-fc}"
+# The wheel depends only on what Horovod compiles against: the mxnet build and the Python version.
+wheels="$cache_root/horovod-0.28.1-$(echo "$mxnet_pkg $("$py" --version)" | sha256sum | cut -c1-12)"
+venv="$here/.venv"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-if [ ! -f "$venv/.complete" ]; then
-  log "building venv $venv (first time for these inputs: a few minutes, Horovod compiles)"
+if [ "$(cat "$venv/.pfc-inputs" 2>/dev/null)" != "$key" ]; then
+  log "creating $venv (inputs changed or first install)"
   rm -rf "$venv"
-  mkdir -p "$cache_root"
   "$py" -m venv "$venv"
   pip="$venv/bin/python -m pip"
   $pip install -q --upgrade "pip>=24" "setuptools>=69,<80" wheel "cmake>=3.13,<4"
   $pip install -q -r "$here/requirements.txt" "$mxnet_pkg"
-  # Horovod compiles against the mxnet now in the venv, hence --no-build-isolation.
-  hv_env=(HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1
-          HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1)
-  [ -z "$cuda" ] || hv_env+=(HOROVOD_GPU_OPERATIONS=NCCL)
-  log "building horovod 0.28.1 (${hv_env[*]})"
-  env "${hv_env[@]}" MAKEFLAGS="-j$(nproc)" $pip install -q --no-build-isolation horovod==0.28.1
+  if ! ls "$wheels"/horovod-0.28.1-*.whl >/dev/null 2>&1; then
+    # Horovod compiles against the mxnet now in the venv, hence --no-build-isolation.
+    hv_env=(HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1
+            HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1)
+    [ -z "$cuda" ] || hv_env+=(HOROVOD_GPU_OPERATIONS=NCCL)
+    log "compiling horovod 0.28.1 (${hv_env[*]}): about 2-5 minutes"
+    mkdir -p "$wheels"
+    env "${hv_env[@]}" MAKEFLAGS="-j$(nproc)" $pip wheel -q --no-deps --no-build-isolation --no-cache-dir \
+      -w "$wheels.tmp" horovod==0.28.1
+    mv "$wheels.tmp"/horovod-*.whl "$wheels"/ && rm -rf "$wheels.tmp"
+  fi
+  $pip install -q "$wheels"/horovod-0.28.1-*.whl
   "$venv/bin/python" - <<'PY'
 import horovod.mxnet as hvd
 assert hvd.mpi_built() and hvd.gloo_built(), "horovod was built without MPI or Gloo"
 PY
-  touch "$venv/.complete"
+  echo "$key" > "$venv/.pfc-inputs"
 else
-  log "reusing venv $venv"
+  log "reusing $venv"
 fi
 
-ln -sfn "$venv" "$here/.venv"
 # The project itself: editable, no dependency resolution (the venv is already pinned).
 "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$here"
 log "ready: source $here/.venv/bin/activate"
