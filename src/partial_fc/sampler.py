@@ -48,8 +48,10 @@ def check_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def num_sampled(count: int, rate: float, num_positive: int) -> int:
-    """Rows kept on a shard of `count` classes: max(int(rate * count), #positives), at most count."""
-    return min(count, max(int(rate * count), num_positive))
+    """Rows kept on a shard of `count` classes: max(int(rate * count), #positives), at most count, and at
+    least 1 (a tiny shard at a tiny rate would otherwise enter the softmax with no columns at all)."""
+    # The tiny relative nudge keeps products like 0.29 * 100 = 28.999999999999996 from flooring to 28.
+    return min(count, max(int(rate * count * (1 + 1e-12)), num_positive, 1))
 
 
 class CenterSampler:

@@ -34,6 +34,13 @@ def test_invariants(rate, n_labels):
     assert np.all(idx[out.labels[on]] == local[on])
 
 
+def test_sampled_size_is_not_fooled_by_float_rounding():
+    assert num_sampled(100, 0.29, 0) == 29  # 0.29 * 100 == 28.999999999999996 in binary floating point
+    assert num_sampled(1000, 0.1, 0) == 100
+    assert num_sampled(10, 0.05, 0) == 1 and num_sampled(10, 0.05, 3) == 3
+    assert num_sampled(10, 1.0, 0) == 10
+
+
 def test_positives_overflow_keeps_all_of_them():
     s = make(count=100, rate=0.05)
     labels = np.arange(0, 100, 2, dtype=np.int64)  # 50 positives > 5 sampled rows
