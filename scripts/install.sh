@@ -29,22 +29,6 @@ esac
 
 log() { echo "[install] $*"; }
 
-# --- system packages -------------------------------------------------------------------------
-need_apt=()
-command -v mpirun >/dev/null 2>&1 || need_apt+=(openmpi-bin)
-[ -e /usr/include/x86_64-linux-gnu/openmpi/mpi.h ] || [ -e /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h ] \
-  || command -v mpicxx >/dev/null 2>&1 || need_apt+=(libopenmpi-dev)
-command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
-command -v make >/dev/null 2>&1 || need_apt+=(make)
-# Horovod's build and import also need the MXNet runtime's libgomp-free toolchain; g++/make cover it.
-if [ ${#need_apt[@]} -gt 0 ]; then
-  log "apt-get install ${need_apt[*]}"
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
-fi
-
 # --- python ---------------------------------------------------------------------------------
 py="${PYTHON:-python3.11}"
 command -v "$py" >/dev/null 2>&1 || py=python3
@@ -53,9 +37,29 @@ command -v "$py" >/dev/null 2>&1 || py=python3
   exit 1
 }
 
+# --- system packages -------------------------------------------------------------------------
+need_apt=()
+command -v mpirun >/dev/null 2>&1 || need_apt+=(openmpi-bin)
+[ -e /usr/include/x86_64-linux-gnu/openmpi/mpi.h ] || [ -e /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h ] \
+  || command -v mpicxx >/dev/null 2>&1 || need_apt+=(libopenmpi-dev)
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
+# A Debian system Python lacks venv/ensurepip and the headers Horovod compiles against.
+"$py" -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+"$py" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || need_apt+=(python3-dev)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt-get install ${need_apt[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+# --- virtual environment ---------------------------------------------------------------------
 key="$( (cat "$here/scripts/install.sh" "$here/requirements.txt"; echo "cuda=$cuda"; "$py" --version) | sha256sum | cut -c1-16)"
-# Horovod's compiled wheel is kept per input hash (the CUDA flavour changes the build), so a fresh clone
-# installs it in seconds instead of compiling again. pip's own cache serves the other wheels.
+# The compiled Horovod wheel is kept outside the tree, so a fresh clone installs it in seconds instead
+# of compiling again. pip's own cache serves the other wheels.
 cache_root="${PFC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/partial-fc}"
 # The wheel depends only on what Horovod compiles against: the mxnet build and the Python version.
 wheels="$cache_root/horovod-0.28.1-$(echo "$mxnet_pkg $("$py" --version)" | sha256sum | cut -c1-12)"
