@@ -36,12 +36,15 @@ def _label(header) -> int:
 def image_keys(reader):
     """Keys of the image records: 1 .. end-1 in the insightface layout, every key for plain im2rec."""
     import mxnet as mx
+    keys = sorted(reader.keys)
+    if not keys or keys[0] != 0:
+        return keys  # im2rec keys follow the .lst ids, which need not start at 0; no header then
     header, payload = mx.recordio.unpack(reader.read_idx(0))
     # The insightface header record carries a label vector and no image; an im2rec record with a
     # vector label also has flag > 0, but carries its image bytes.
     if header.flag > 0 and len(payload) == 0:
         return list(range(1, int(np.atleast_1d(header.label)[0])))
-    return sorted(reader.keys)
+    return keys
 
 
 def _ext(data: bytes) -> str:

@@ -10,11 +10,11 @@ from partial_fc.unpack import unpack
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def write_rec(folder, items, insightface=True, vector=False):
+def write_rec(folder, items, insightface=True, vector=False, first_key=None):
     """items: list of (label, bytes). The insightface layout puts a header at key 0 and identity records last."""
     os.makedirs(folder, exist_ok=True)
     w = mx.recordio.MXIndexedRecordIO(os.path.join(folder, "train.idx"), os.path.join(folder, "train.rec"), "w")
-    first = 1 if insightface else 0
+    first = (1 if insightface else 0) if first_key is None else first_key
     for i, (label, data) in enumerate(items):
         lab = [float(label), 0.0] if vector else float(label)
         w.write_idx(first + i, mx.recordio.pack(mx.recordio.IRHeader(0, lab, first + i, 0), data))
@@ -43,6 +43,11 @@ def test_unpack_writes_raw_bytes_per_identity(tmp_path, insightface, vector):
         for f in sorted(os.listdir(tmp_path / "out" / d)):
             got.setdefault(int(d), []).append((f[-4:], (tmp_path / "out" / d / f).read_bytes()))
     assert got == {0: [(".jpg", JPEG), (".jpg", JPEG + b"1")], 1: [(".jpg", JPEG + b"22")], 2: [(".png", PNG)]}
+
+
+def test_im2rec_keys_need_not_start_at_zero(tmp_path):
+    write_rec(tmp_path / "a", [(0, JPEG), (1, PNG)], insightface=False, first_key=100)
+    assert unpack([str(tmp_path / "a")], str(tmp_path / "out"), progress=None) == {"images": 2, "identities": 2}
 
 
 def test_two_datasets_get_distinct_identity_folders(tmp_path):
