@@ -1,0 +1,362 @@
+"""Training data: a RecordIO face dataset, its iterator sharded by rank, and a synthetic iterator.
+
+Every batch is a pure function of (seed, step, rank, world size): epoch e visits the images in the order of
+np.random.default_rng([seed, e]).permutation(n), the same on every rank; step s of the epoch takes the
+global batch at positions [s*B*W, (s+1)*B*W) of it and rank k the k-th block of B positions. The last
+n mod B*W images of an epoch's order are skipped (every rank must run the same number of steps). Resuming
+at step k (start_step=k) therefore yields exactly what an uninterrupted run yields from step k on.
+
+Images come out as float32 [B, 3, H, W], RGB, 0..255: normalisation belongs to the network graph.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+
+from .records import DataError, RecordReader, index_images, unpack_image
+
+__all__ = ["DataError", "RecDataset", "open_rec", "FaceIter", "SyntheticIter", "test_io"]
+
+DEFAULT_IMAGE_SIZE = (112, 112)
+
+
+class RecDataset:
+    """The images of one RecordIO face dataset (either layout, see records.py).
+
+    keys:        int64 [n] record keys of the images
+    labels:      int64 [n] class of each image, in [0, num_classes)
+    num_classes: from the `property` file when present, else max label + 1
+    image_size:  (height, width) from `property`, else the size of the first decodable image
+    """
+
+    def __init__(self, rec_path: str, idx_path: str, property_path: str | None = None):
+        self.rec_path, self.idx_path = rec_path, idx_path
+        self.reader = RecordReader(rec_path, idx_path)
+        try:
+            index = index_images(self.reader)
+            self.keys, self.labels, self.layout = index.keys, index.labels, index.layout
+            if self.keys.size == 0:
+                raise DataError(f"{rec_path}: holds no image records")
+            where = self.reader.keys.searchsorted(self.keys)
+            self._offsets, self._spans = self.reader.offsets[where], self.reader.spans[where]
+            prop = _read_property(property_path) if property_path and os.path.exists(property_path) else None
+            self.num_classes = prop[0] if prop else int(self.labels.max()) + 1
+            self._check_labels(property_path if prop else None)
+            self.image_size = prop[1] if prop else self._first_image_size()
+        except BaseException:
+            self.reader.close()
+            raise
+
+    def __len__(self) -> int:
+        return int(self.keys.size)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.reader.close()
+
+    def read(self, i: int) -> bytes:
+        """The encoded image (JPEG/PNG bytes) of the i-th image. Thread-safe."""
+        key = int(self.keys[i])
+        record = self.reader.read_at(int(self._offsets[i]), int(self._spans[i]), key)
+        try:
+            return unpack_image(record)[1]
+        except ValueError as e:
+            raise DataError(f"{self.rec_path}: record key {key} is not an image record ({e})") from None
+
+    def _check_labels(self, property_path):
+        bad = np.flatnonzero((self.labels < 0) | (self.labels >= self.num_classes))
+        if bad.size:
+            i = bad[0]
+            why = "is negative" if self.labels[i] < 0 else \
+                f"is not below num_classes={self.num_classes} given by {property_path}"
+            raise DataError(f"{self.rec_path}: record key {self.keys[i]} has label {self.labels[i]}, which {why}")
+
+    def _first_image_size(self) -> tuple[int, int]:
+        for i in range(min(len(self), 16)):
+            try:
+                image = _decode(self.read(i))
+            except DataError:
+                continue
+            if image is not None:
+                return image.shape[:2]
+        raise DataError(f"{self.rec_path}: none of the first images decodes, and there is no property file "
+                        f"to give the image size")
+
+
+def _read_property(path: str) -> tuple[int, tuple[int, int]]:
+    """`num_classes,height,width` (the insightface `property` file)."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError as e:
+        raise DataError(f"{path}: unreadable ({e.strerror})") from None
+    try:
+        values = [int(v) for v in text.split(",")]
+        if len(values) != 3 or min(values) < 1:
+            raise ValueError
+    except ValueError:
+        raise DataError(f"{path}: expected 'num_classes,height,width', got {text[:60]!r}") from None
+    return values[0], (values[1], values[2])
+
+
+def open_rec(path: str) -> RecDataset:
+    """A dataset from a folder holding train.rec, train.idx (and optionally property), or a `.rec` path
+    (its `.idx` beside it; `property` from the same folder when present)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        rec = os.path.join(path, "train.rec")
+    elif path.endswith(".rec"):
+        rec = path
+    else:
+        raise DataError(f"{path}: neither a folder holding train.rec and train.idx nor a .rec file")
+    if not os.path.isfile(rec):
+        raise DataError(f"{rec}: missing")
+    return RecDataset(rec, rec[:-4] + ".idx", os.path.join(os.path.dirname(rec), "property"))
+
+
+def _decode(data: bytes):
+    """BGR uint8 [H, W, 3], or None when the bytes are not a decodable image."""
+    try:
+        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # raised for an empty buffer; other garbage gives None
+        return None
+
+
+_OK, _BAD, _WRONG_SIZE = 0, 1, 2
+
+
+class FaceIter:
+    """Endless iterator over (images float32 [B,3,H,W] RGB 0..255, labels int64 [B]) for one rank.
+
+    Decoding runs in `threads` threads with `prefetch` batches in flight. A record that fails to read or
+    decode is replaced by the next good sample of its batch (deterministic) and counted in `bad_records`;
+    when more than `max_bad_fraction` of the images read are bad (judged after MIN_READS reads, or at the
+    first bad one when the fraction is 0) the iterator raises DataError. An image of another size than the
+    dataset's raises DataError at once.
+    """
+
+    MIN_READS = 500
+
+    def __init__(self, dataset: RecDataset, batch_size: int, rank: int, world_size: int, seed: int = 0,
+                 start_step: int = 0, flip: bool = True, threads: int = 2, prefetch: int = 4,
+                 max_bad_fraction: float = 0.001):
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, "
+                             f"{world_size}")
+        if seed < 0 or start_step < 0 or threads < 1 or prefetch < 1 or not 0 <= max_bad_fraction <= 1:
+            raise ValueError("seed and start_step must be >= 0, threads and prefetch >= 1, "
+                             "max_bad_fraction in [0, 1]")
+        self.dataset, self.batch_size, self.rank, self.world_size = dataset, batch_size, rank, world_size
+        self.seed, self.flip, self.max_bad_fraction = seed, flip, max_bad_fraction
+        self.steps_per_epoch = len(dataset) // (batch_size * world_size)
+        if self.steps_per_epoch == 0:
+            raise DataError(f"{dataset.rec_path}: {len(dataset)} images are fewer than one global batch of "
+                            f"{batch_size * world_size} ({world_size} ranks x {batch_size})")
+        self.step = start_step  # the step of the next batch returned
+        self.images_read = 0
+        self.bad_records = 0
+        self.first_bad = None   # (key, reason) of the first bad record, for the error message
+        self._orders = {}       # epoch -> (permutation, flips); at most two epochs kept
+        self._pending = deque()
+        self._next_submit = start_step
+        self._threads = threads
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="face-iter")
+        for _ in range(prefetch):
+            self._submit()
+
+    # ---- the order: pure functions of (seed, step, rank, world size) ----
+
+    def _order(self, epoch: int):
+        if epoch not in self._orders:
+            n = len(self.dataset)
+            perm = np.random.default_rng([self.seed, epoch]).permutation(n)
+            flips = np.random.default_rng([self.seed, epoch, 1]).integers(0, 2, size=n, dtype=np.uint8)
+            self._orders = {e: v for e, v in self._orders.items() if e >= epoch - 1}
+            self._orders[epoch] = (perm, flips.astype(bool))
+        return self._orders[epoch]
+
+    def positions(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image indices int64 [B], horizontal flip bool [B]) this rank reads at global step `step`."""
+        epoch, within = divmod(step, self.steps_per_epoch)
+        perm, flips = self._order(epoch)
+        start = (within * self.world_size + self.rank) * self.batch_size
+        pos = slice(start, start + self.batch_size)
+        return perm[pos].astype(np.int64), (flips[pos] if self.flip else np.zeros(self.batch_size, bool))
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the next batch returned."""
+        return self.step // self.steps_per_epoch
+
+    # ---- decoding ----
+
+    def _submit(self):
+        step = self._next_submit
+        self._next_submit += 1
+        index, flips = self.positions(step)
+        h, w = self.dataset.image_size
+        images = np.empty((self.batch_size, 3, h, w), dtype=np.float32)
+        status = np.zeros(self.batch_size, dtype=np.int8)
+        notes = [None] * self.batch_size
+        bounds = np.linspace(0, self.batch_size, min(self._threads, self.batch_size) + 1).astype(int)
+        futures = [self._pool.submit(self._decode_range, index, flips, images, status, notes, lo, hi)
+                   for lo, hi in zip(bounds[:-1], bounds[1:])]
+        self._pending.append((step, index, images, status, notes, futures))
+
+    def _decode_range(self, index, flips, images, status, notes, lo, hi):
+        size = tuple(self.dataset.image_size)
+        for j in range(lo, hi):
+            try:
+                image = _decode(self.dataset.read(int(index[j])))
+            except DataError as e:
+                status[j], notes[j] = _BAD, str(e)
+                continue
+            if image is None:
+                status[j], notes[j] = _BAD, "does not decode as an image"
+            elif image.shape[:2] != size:
+                status[j], notes[j] = _WRONG_SIZE, f"{image.shape[0]}x{image.shape[1]}"
+            else:
+                if flips[j]:
+                    image = image[:, ::-1]
+                # BGR HWC -> RGB CHW, cast to float32 in the same copy.
+                np.copyto(images[j], image.transpose(2, 0, 1)[::-1])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._pool is None:
+            raise RuntimeError("FaceIter is closed")
+        step, index, images, status, notes, futures = self._pending.popleft()
+        self._submit()  # keep the pipeline full while this batch finishes
+        for f in futures:
+            f.result()
+        ds = self.dataset
+        labels = ds.labels[index]
+        wrong = np.flatnonzero(status == _WRONG_SIZE)
+        if wrong.size:
+            j = wrong[0]
+            raise DataError(f"{ds.rec_path}: record key {ds.keys[index[j]]} decodes to {notes[j]}, not the "
+                            f"dataset's image size {ds.image_size[0]}x{ds.image_size[1]}")
+        bad = np.flatnonzero(status == _BAD)
+        self.images_read += self.batch_size
+        if bad.size:
+            self.bad_records += bad.size
+            if self.first_bad is None:
+                self.first_bad = (int(ds.keys[index[bad[0]]]), notes[bad[0]])
+            good = np.flatnonzero(status == _OK)
+            if good.size == 0:
+                raise DataError(f"{ds.rec_path}: no image of step {step} on rank {self.rank} decodes "
+                                f"({self._first_bad_text()})")
+            # Each bad sample takes the next good sample of the batch (cyclically), image and label.
+            src = good[np.searchsorted(good, bad) % good.size]
+            images[bad], labels[bad] = images[src], labels[src]
+            too_many = (self.bad_records > 0 if self.max_bad_fraction == 0 else
+                        self.images_read >= self.MIN_READS and
+                        self.bad_records > self.max_bad_fraction * self.images_read)
+            if too_many:
+                raise DataError(f"{ds.rec_path}: {self.bad_records} of {self.images_read} images read failed to "
+                                f"decode, more than max_bad_fraction={self.max_bad_fraction} "
+                                f"({self._first_bad_text()})")
+        self.step = step + 1
+        return images, labels
+
+    def _first_bad_text(self) -> str:
+        key, reason = self.first_bad
+        return f"first: record key {key}: {reason}"
+
+    def close(self, wait: bool = True):
+        """Stop the decoding threads (pending batches are dropped)."""
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool is not None:
+            for *_, futures in self._pending:
+                for f in futures:
+                    f.cancel()
+            self._pending.clear()
+            pool.shutdown(wait=wait)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close(wait=False)
+        except Exception:
+            pass
+
+
+class SyntheticIter:
+    """Endless iterator of random (images float32 [B,3,H,W] 0..255, labels int64 [B]) for benchmarks.
+
+    Images are read-only views into a pool generated once (copying nothing per step, so it is never the
+    bottleneck); the pool offset and the labels (uniform over num_classes) are drawn from
+    np.random.default_rng([seed, step, rank]).
+    """
+
+    POOL_EXTRA = 64
+
+    def __init__(self, batch_size: int, num_classes: int, rank: int, world_size: int, seed: int = 0,
+                 start_step: int = 0, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE):
+        if batch_size < 1 or num_classes < 1 or not 0 <= rank < world_size or seed < 0 or start_step < 0:
+            raise ValueError("need batch_size, num_classes >= 1, 0 <= rank < world_size, seed, start_step >= 0")
+        self.batch_size, self.num_classes, self.rank, self.world_size = batch_size, num_classes, rank, world_size
+        self.seed, self.step, self.image_size = seed, start_step, tuple(image_size)
+        h, w = self.image_size
+        pool_rng = np.random.default_rng([seed, rank, 0x5EED])
+        self._pool = pool_rng.integers(0, 256, size=(batch_size + self.POOL_EXTRA, 3, h, w),
+                                       dtype=np.uint8).astype(np.float32)
+        self._pool.flags.writeable = False
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """The batch of global step `step` on this rank."""
+        rng = np.random.default_rng([self.seed, step, self.rank])
+        offset = int(rng.integers(0, self.POOL_EXTRA + 1))
+        labels = rng.integers(0, self.num_classes, size=self.batch_size, dtype=np.int64)
+        return self._pool[offset:offset + self.batch_size], labels
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        out = self.batch(self.step)
+        self.step += 1
+        return out
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def test_io(dataset: RecDataset, batch_size: int, threads: int, batches: int, seed: int = 0) -> dict:
+    """Decoding throughput of FaceIter on this machine: one warm-up batch, then `batches` timed ones."""
+    with FaceIter(dataset, batch_size, 0, 1, seed=seed, threads=threads, prefetch=max(2, 2 * threads),
+                  max_bad_fraction=1.0) as it:
+        next(it)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            next(it)
+        seconds = time.perf_counter() - t0
+        bad = it.bad_records
+    return {"images_per_s": batches * batch_size / seconds, "seconds": seconds, "batches": batches,
+            "batch_size": batch_size, "threads": threads, "bad_records": bad}
+
+
+test_io.__test__ = False  # not a pytest test, despite the name
