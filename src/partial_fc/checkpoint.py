@@ -1,0 +1,214 @@
+"""Checkpoints: written atomically, complete on every rank before they count, resumable at any world size.
+
+One checkpoint at step N in the output folder:
+    model-symbol.json              the embedding graph (input `data`, output `fc1`), as MXNet writes it
+    model-NNNN.params              backbone arg:/aux: parameters (mx.model.load_checkpoint(prefix, N) reads it)
+    model-NNNN.states              backbone optimizer state (momentum; fp32 master weights in fp16 mode)
+    model-NNNN.centers/rankK.weight.npy, rankK.momentum.npy   each rank's class-center shard
+    model-NNNN.json                the manifest, written last: step, network, C, W, D, each shard's class
+                                   range, file names, trainer state, config
+Every file goes to a temporary name first and is renamed when complete; ranks meet at a barrier, and only
+then does rank 0 write the manifest. A checkpoint without its manifest is ignored, so a crash during a
+save leaves the previous checkpoint as the newest usable one. Older checkpoints beyond `keep` are removed
+manifest first, for the same reason.
+
+Resuming at another world size re-shards the centers: each new rank reads the rows of its new class range
+from whichever old shards hold them (memory-mapped, so only those rows are read).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+
+from .sharding import shard_range
+
+PREFIX = "model"
+_MANIFEST = re.compile(r"^" + PREFIX + r"-(\d{4,})\.json$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete, or does not fit the run that wants it."""
+
+
+def _stem(output: str, step: int) -> str:
+    return os.path.join(output, f"{PREFIX}-{step:04d}")
+
+
+def _tmp(path: str) -> str:
+    return f"{path}.tmp-{os.getpid()}"
+
+
+def _replace_atomically(path: str, write) -> None:
+    """write(tmp_path) then rename over `path`: readers see the old file or the whole new one."""
+    tmp = _tmp(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text(path: str, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    _replace_atomically(path, write)
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    _replace_atomically(path, write)
+
+
+def save(output: str, step: int, *, comm, symbol, arg_params: dict, aux_params: dict, save_states,
+         centers: tuple[np.ndarray, np.ndarray], start: int, count: int, meta: dict, keep: int) -> str:
+    """Write this rank's part of the checkpoint at `step`; rank 0 completes it. Returns the manifest path.
+
+    save_states(path): writes the backbone optimizer state (rank 0 only; identical on every rank).
+    centers: this rank's (weight, momentum) [count, D]. meta: network, num_classes, embedding_size, ...
+    Every rank must call it (it has barriers).
+    """
+    import mxnet as mx
+
+    stem = _stem(output, step)
+    shard_dir = stem + ".centers"
+    os.makedirs(shard_dir, exist_ok=True)
+    weight, momentum = centers
+    _save_npy(os.path.join(shard_dir, f"rank{comm.rank}.weight.npy"), weight)
+    _save_npy(os.path.join(shard_dir, f"rank{comm.rank}.momentum.npy"), momentum)
+    if comm.rank == 0:
+        _replace_atomically(os.path.join(output, f"{PREFIX}-symbol.json"), symbol.save)
+        params = {f"arg:{k}": v for k, v in arg_params.items()}
+        params.update({f"aux:{k}": v for k, v in aux_params.items()})
+        _replace_atomically(stem + ".params", lambda tmp: mx.nd.save(tmp, params))
+        _replace_atomically(stem + ".states", save_states)
+    # Horovod: the manifest may only name files that every rank has finished writing.
+    comm.barrier("pfc.checkpoint_written")
+    manifest = stem + ".json"
+    if comm.rank == 0:
+        shards = []
+        for k in range(comm.size):
+            s, c = shard_range(meta["num_classes"], comm.size, k)
+            shards.append({"rank": k, "start": s, "count": c,
+                           "weight": f"{os.path.basename(shard_dir)}/rank{k}.weight.npy",
+                           "momentum": f"{os.path.basename(shard_dir)}/rank{k}.momentum.npy"})
+        doc = dict(meta, step=step, world_size=comm.size, symbol=f"{PREFIX}-symbol.json",
+                   params=os.path.basename(stem + ".params"), states=os.path.basename(stem + ".states"),
+                   shards=shards)
+        write_text(manifest, json.dumps(doc, indent=1, sort_keys=True))
+        _prune(output, keep)
+    return manifest
+
+
+def _steps(output: str) -> list[int]:
+    steps = []
+    for path in glob.glob(os.path.join(glob.escape(output), f"{PREFIX}-*.json")):
+        m = _MANIFEST.match(os.path.basename(path))
+        if m:
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def _prune(output: str, keep: int) -> None:
+    for step in _steps(output)[:-keep]:
+        stem = _stem(output, step)
+        os.remove(stem + ".json")  # first: from here on this checkpoint no longer counts
+        for path in (stem + ".params", stem + ".states"):
+            if os.path.exists(path):
+                os.remove(path)
+        shutil.rmtree(stem + ".centers", ignore_errors=True)
+
+
+def latest(output: str) -> str | None:
+    """The manifest of the newest complete checkpoint in `output`, or None."""
+    steps = _steps(output) if os.path.isdir(output) else []
+    return _stem(output, steps[-1]) + ".json" if steps else None
+
+
+@dataclass
+class Checkpoint:
+    path: str      # the manifest
+    meta: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+    def _file(self, name: str) -> str:
+        path = os.path.join(os.path.dirname(self.path), name)
+        if not os.path.exists(path):
+            raise CheckpointError(f"{self.path}: names {name}, which is missing")
+        return path
+
+    @property
+    def states_path(self) -> str:
+        return self._file(self.meta["states"])
+
+    def backbone(self) -> tuple[dict, dict]:
+        """(arg_params, aux_params) as NDArrays on the CPU."""
+        import mxnet as mx
+
+        path = self._file(self.meta["params"])
+        try:
+            loaded = mx.nd.load(path)
+        except mx.base.MXNetError as e:
+            raise CheckpointError(f"{path}: cannot be read as MXNet parameters ({str(e).splitlines()[0]})") from None
+        arg = {k[4:]: v for k, v in loaded.items() if k.startswith("arg:")}
+        aux = {k[4:]: v for k, v in loaded.items() if k.startswith("aux:")}
+        return arg, aux
+
+    def centers(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [start, start + count) of the centers and their momentum, from whichever shards hold them."""
+        D = int(self.meta["embedding_size"])
+        weight = np.empty((count, D), dtype=np.float32)
+        momentum = np.empty((count, D), dtype=np.float32)
+        filled = 0
+        for shard in self.meta["shards"]:
+            lo, hi = max(start, shard["start"]), min(start + count, shard["start"] + shard["count"])
+            if lo >= hi:
+                continue
+            for out, key in ((weight, "weight"), (momentum, "momentum")):
+                path = self._file(shard[key])
+                rows = np.load(path, mmap_mode="r")
+                if rows.shape != (shard["count"], D):
+                    raise CheckpointError(f"{path}: holds {rows.shape}, the manifest says ({shard['count']}, {D})")
+                out[lo - start:hi - start] = rows[lo - shard["start"]:hi - shard["start"]]
+            filled += hi - lo
+        if filled != count:
+            raise CheckpointError(f"{self.path}: its shards cover {filled} of classes [{start}, {start + count})")
+        return weight, momentum
+
+
+def load(path: str) -> Checkpoint:
+    """Read a manifest (a model-NNNN.json path)."""
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not a checkpoint manifest ({e})") from None
+    needed = ("step", "network", "num_classes", "embedding_size", "world_size", "shards", "params", "states")
+    missing = [k for k in needed if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: not a checkpoint manifest (missing {', '.join(missing)})")
+    return Checkpoint(path, meta)
+
+
+def check_compatible(ckpt: Checkpoint, *, network: str, num_classes: int, embedding_size: int) -> None:
+    """A checkpoint of another network, class count or embedding size cannot continue this run."""
+    for key, want in (("network", network), ("num_classes", num_classes), ("embedding_size", embedding_size)):
+        if ckpt.meta[key] != want:
+            raise CheckpointError(f"{ckpt.path}: was trained with {key}={ckpt.meta[key]!r}, this run has {want!r}")

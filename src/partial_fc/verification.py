@@ -1,0 +1,167 @@
+"""Face verification on `.bin` pair sets (lfw, cfp_fp, agedb_30 style): the reference protocol.
+
+A `.bin` is a pickle of (list of encoded images, list of bools): images 2i and 2i+1 form pair i, and the
+bool says whether they show the same identity. Each image is embedded twice (as is and flipped left-right),
+the two embeddings are summed and L2-normalised; the squared distance of a pair is compared with a
+threshold. Accuracy is 10-fold: the threshold is chosen on nine folds (from a fixed grid, as the reference
+does) and scored on the tenth. XNorm is the mean norm of the summed embeddings before normalisation.
+
+Loading never executes code from the file: the unpickler admits only the builtin containers and bytes the
+format needs and refuses anything else (a pickle can otherwise call any importable function).
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+
+THRESHOLDS = np.arange(0, 4, 0.01)  # squared distances between unit vectors lie in [0, 4]
+FOLDS = 10
+
+
+class BinError(ValueError):
+    """A verification .bin that is missing or not in the expected format."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    # The format is lists/tuples of bytes and bools; numpy arrays of bools appear in some published sets.
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not part of the .bin format")
+
+
+def load_pairs(path: str) -> tuple[list[bytes], np.ndarray]:
+    """(encoded images [2P], issame bool [P]) from a .bin, without executing anything from the file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise BinError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise BinError(f"{path}: not a verification .bin: {e}") from None
+    except Exception as e:  # truncated or garbage bytes raise many kinds of errors inside pickle
+        raise BinError(f"{path}: not a verification .bin ({type(e).__name__}: {e})") from None
+    if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
+        raise BinError(f"{path}: expected a pair (images, issame), got {type(obj).__name__}")
+    images, issame = obj
+    if not isinstance(images, (list, tuple)) or not all(isinstance(b, (bytes, bytearray)) for b in images):
+        raise BinError(f"{path}: the image list must hold encoded image bytes")
+    issame = np.asarray(issame)
+    if issame.ndim != 1 or issame.dtype != np.bool_:
+        raise BinError(f"{path}: the issame list must hold booleans, got {issame.dtype}")
+    if len(images) != 2 * len(issame) or len(issame) == 0:
+        raise BinError(f"{path}: {len(images)} images for {len(issame)} pairs (need exactly two per pair)")
+    return list(images), issame
+
+
+def decode(images: list[bytes], path: str = "", size=(112, 112)) -> np.ndarray:
+    """Encoded images -> float32 [n, 3, H, W] RGB 0..255 (the network normalises inside its graph)."""
+    import cv2
+
+    out = np.empty((len(images), 3) + tuple(size), dtype=np.float32)
+    for i, b in enumerate(images):
+        img = cv2.imdecode(np.frombuffer(b, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise BinError(f"{path}: image {i} cannot be decoded")
+        if img.shape[:2] != tuple(size):
+            img = cv2.resize(img, (size[1], size[0]))
+        out[i] = img[:, :, ::-1].transpose(2, 0, 1)
+    return out
+
+
+@dataclass
+class Result:
+    name: str
+    accuracy: float      # mean of the 10 fold accuracies
+    std: float           # their standard deviation
+    xnorm: float         # mean norm of the (flip-summed) embeddings before normalisation
+    threshold: float     # mean chosen threshold (squared distance)
+    pairs: int
+
+
+def evaluate(embeddings: np.ndarray, issame: np.ndarray, folds: int = FOLDS) -> tuple[float, float, float, float]:
+    """10-fold accuracy of pairs (embeddings[2i], embeddings[2i+1]); returns (acc, std, xnorm, threshold).
+
+    embeddings: [2P, D], already the sum of the plain and flipped embedding of each image.
+    """
+    emb = np.asarray(embeddings, dtype=np.float64)
+    norms = np.linalg.norm(emb, axis=1)
+    xnorm = float(norms.mean())
+    unit = emb / np.maximum(norms, 1e-12)[:, None]
+    dist = np.sum((unit[0::2] - unit[1::2]) ** 2, axis=1)
+    issame = np.asarray(issame, dtype=bool)
+    P = len(issame)
+    k = min(folds, P)
+    fold_of = np.arange(P) * k // P  # contiguous folds, as the reference's unshuffled KFold
+    # predicted[t, i]: pair i is called "same" at threshold t.
+    correct = (dist[None, :] < THRESHOLDS[:, None]) == issame[None, :]
+    accs, thresholds = [], []
+    for f in range(k):
+        train, test = fold_of != f, fold_of == f
+        best = int(np.argmax(correct[:, train].mean(axis=1)))
+        thresholds.append(THRESHOLDS[best])
+        accs.append(correct[best, test].mean())
+    return float(np.mean(accs)), float(np.std(accs)), xnorm, float(np.mean(thresholds))
+
+
+class Verifier:
+    """Embeds .bin sets with an inference Module that shares the training graph's parameters."""
+
+    def __init__(self, paths: list[str], symbol, batch_size: int = 64, ctx=None):
+        import mxnet as mx
+
+        self.sets = []
+        for path in paths:
+            images, issame = load_pairs(path)
+            name = os.path.splitext(os.path.basename(path))[0]
+            self.sets.append((name, decode(images, path), issame))
+        self.batch_size = batch_size
+        self.module = mx.mod.Module(symbol, data_names=["data"], label_names=None, context=ctx or mx.cpu())
+        # Bound "for training" although only forward(is_train=False) runs: an inference-only bind on CPU
+        # goes through MXNet 1.9.1's MKLDNN subgraph fusion, whose output of these graphs cannot be read
+        # back ("can't generate TBlob for MKLDNN data"). BatchNorm still uses its moving statistics.
+        self.module.bind(data_shapes=[("data", (batch_size, 3, 112, 112))], for_training=True)
+
+    def run(self, arg_params: dict, aux_params: dict) -> list[Result]:
+        self.module.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)
+        return [self._one(name, images, issame) for name, images, issame in self.sets]
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Flip-summed embeddings [n, D] of float32 images [n, 3, H, W]."""
+        import mxnet as mx
+
+        n, bs, out = len(images), self.batch_size, []
+        for start in range(0, n, bs):
+            chunk = images[start:start + bs]
+            pad = bs - len(chunk)
+            if pad:  # the bound shape is fixed: pad the last batch and drop the padding afterwards
+                chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+            total = 0
+            for x in (chunk, chunk[:, :, :, ::-1]):
+                self.module.forward(mx.io.DataBatch([mx.nd.array(x)]), is_train=False)
+                total = total + self.module.get_outputs()[0].asnumpy()
+            out.append(total[:bs - pad])
+        return np.concatenate(out)
+
+    def _one(self, name, images, issame) -> Result:
+        acc, std, xnorm, thr = evaluate(self.embed(images), issame)
+        return Result(name, acc, std, xnorm, thr, len(issame))
+
+
+def table(results: list[Result], step: int | None = None) -> str:
+    head = f"verification{'' if step is None else f' at step {step}'}:"
+    rows = [f"  {'set':<16} {'pairs':>6} {'accuracy':>9} {'std':>7} {'XNorm':>9} {'threshold':>9}"]
+    for r in results:
+        rows.append(f"  {r.name:<16} {r.pairs:>6} {r.accuracy:>9.4f} {r.std:>7.4f} {r.xnorm:>9.3f} {r.threshold:>9.2f}")
+    return "\n".join([head] + rows)
