@@ -1,6 +1,8 @@
 """The `partial-fc` command. Parses arguments and hands them to the module that does the work.
 
-    partial-fc demo [--steps N]        (under a launcher: horovodrun -np 2 -H localhost:2 bash config.sh)
+    partial-fc train [--test-io]       (what config.sh runs on each rank; settings from PFC_*)
+    partial-fc synth --output DIR      (a small learnable synthetic face dataset with .bin pair sets)
+    partial-fc demo [--steps N]        (the Partial FC head alone on synthetic embeddings)
     partial-fc bench fc [--n-local 1e5,1e6] [--batch 128] [--dim 512] [--rates 1.0,0.1] [--repeat K] [--json]
 
 A bad argument or PFC_* setting is one line on stderr and exit status 2.
@@ -79,6 +81,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.set_defaults(handler=_bench_fc)
 
+    t = commands.add_parser("train", help="train a backbone with the Partial FC head (settings from PFC_*)",
+                            description="Train per the PFC_* settings (see config.sh and the README). Run one "
+                                        "process per worker: horovodrun -np 2 -H localhost:2 bash config.sh, or "
+                                        "bash run.sh. Alone it trains with one worker.")
+    t.add_argument("--test-io", action="store_true",
+                   help="only read and decode batches from PFC_DATA_DIR and report images/s (no training)")
+    t.add_argument("--batches", type=_positive_int, default=50, help="batches read by --test-io (default: 50)")
+    t.set_defaults(handler=_train)
+
+    s = commands.add_parser("synth", help="write a small learnable synthetic face dataset",
+                            description="Write train.rec/train.idx/property (insightface layout) of synthetic "
+                                        "face-like identities plus verification .bin pair sets of held-out "
+                                        "identities: the built-in example for the trainer.")
+    s.add_argument("--output", required=True, help="folder to write (created if missing)")
+    s.add_argument("--identities", type=_positive_int, default=None, help="training identities")
+    s.add_argument("--images-per-identity", type=_positive_int, default=None, help="images per training identity")
+    s.add_argument("--pairs", type=_positive_int, default=None, help="pairs per verification .bin")
+    s.add_argument("--nuisance", type=float, default=None,
+                   help="strength of the per-image nuisances (pose, light, background, blur, noise); "
+                        "synth_hard.bin uses more")
+    s.add_argument("--seed", type=int, default=0, help="seed of every generated identity and image")
+    s.set_defaults(handler=_synth)
+
     d = commands.add_parser("demo", help="train the Partial FC head alone on synthetic embeddings",
                             description="The Partial FC head on synthetic identity embeddings, settings from "
                                         "PFC_* (see config.sh); prints the global loss per step on rank 0.")
@@ -92,6 +117,33 @@ def _demo(args) -> int:
 
     losses = demo.run(config.load(), steps=args.steps or 0)
     return 0 if losses else 1
+
+
+def _train(args) -> int:
+    from . import config
+
+    cfg = config.load()
+    if args.test_io:
+        from . import data
+        if not cfg.data_dir:
+            raise config.ConfigError("--test-io reads PFC_DATA_DIR, which is not set")
+        stats = data.test_io(data.open_rec(cfg.data_dir), cfg.batch_size, cfg.data_threads, args.batches)
+        print(f"reader: {stats['images_per_s']:.1f} images/s ({args.batches} batches of {cfg.batch_size}, "
+              f"{cfg.data_threads} decode thread(s)) from {cfg.data_dir}")
+        return 0
+    from . import train
+
+    train.run(cfg)
+    return 0
+
+
+def _synth(args) -> int:
+    from . import synth
+
+    options = {k: v for k, v in (("identities", args.identities), ("images_per_identity", args.images_per_identity),
+                                 ("val_pairs", args.pairs), ("nuisance", args.nuisance)) if v is not None}
+    synth.write_dataset(args.output, seed=args.seed, **options)
+    return 0
 
 
 def _bench_fc(args) -> int:
@@ -111,6 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except _user_errors() as e:
+        # Bad input (a dataset, a checkpoint, a .bin) or a run that cannot go on: one line, no traceback.
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _user_errors() -> tuple:
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .train import TrainingError
+    from .verification import BinError
+    return (CheckpointError, DataError, TrainingError, BinError)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,11 @@ class Config:
     # --- data ---
     dataset: str = "emore"             # a key of DATASETS; sets num_classes unless PFC_NUM_CLASSES is given
     num_classes: int = 0               # 0: take it from the dataset preset
-    data_dir: str = ""                 # folder with train.rec / train.idx / property and the .bin sets
+    data_dir: str = ""                 # folder with train.rec / train.idx / property and the .bin sets;
+                                       # empty: random synthetic images (benchmarks, smoke runs)
+    val_targets: str = ""              # comma-separated .bin names in data_dir to verify on; empty: every *.bin
+    data_threads: int = 2              # JPEG decode threads per worker
+    max_bad_fraction: float = 0.001    # stop when more than this fraction of decoded records is corrupt
     # --- head ---
     loss: str = "arcface"              # arcface | cosface | combined | softmax (a preset of m1, m2, m3)
     margin_s: float = 64.0             # logit scale s
@@ -61,13 +65,20 @@ class Config:
     warmup_steps: int = 0
     max_steps: int = 0                 # 0: the last lr step + 20000 (the dataset schedule)
     # --- run ---
-    network: str = "r100"
+    network: str = "r100"              # a name of symbols.NETWORKS
+    dropout: float = 0.0               # dropout before the embedding FC (0.4 helps small datasets)
     comm: str = "horovod"              # horovod | mpi | local: transport of the FC's collectives
     seed: int = 0
     frequent: int = 20                 # log every this many steps
     verbose: int = 2000                # verify on the .bin sets every this many steps
     output: str = "models"             # checkpoints, logs and config.json go here
-    fp16: bool = False
+    checkpoint_steps: int = 0          # save every this many steps (0: every `verbose` steps) and at the end
+    keep_checkpoints: int = 3          # how many of the latest checkpoints to keep (older ones are removed)
+    resume: str = ""                   # "" start fresh; "1"/"latest": the newest complete checkpoint in
+                                       # `output`; or the path of a checkpoint manifest (model-NNNN.json)
+    tensorboard: bool = True           # write TensorBoard scalars to output/tensorboard (rank 0)
+    eval_batch_size: int = 32          # batch of the verification forward passes (memory grows with it)
+    fp16: bool = False                 # fp16 trunk, fp32 head and master weights, dynamic loss scaling
     # fields derived in __post_init__ (not environment keys)
     margins: tuple = field(default=(), init=False, repr=False)
 
@@ -75,14 +86,16 @@ class Config:
         if self.dataset not in DATASETS:
             raise ConfigError(f"PFC_DATASET={self.dataset!r} is not a known dataset "
                               f"(known: {', '.join(DATASETS)})")
-        if self.num_classes == 0:
+        # With a data folder the class count comes from its property file (the trainer reads it), unless
+        # PFC_NUM_CLASSES is given, which must then agree with it.
+        if self.num_classes == 0 and not self.data_dir:
             self.num_classes = DATASETS[self.dataset]["num_classes"]
         if self.loss not in MARGIN_PRESETS:
             raise ConfigError(f"PFC_LOSS={self.loss!r} is not a known loss (known: {', '.join(MARGIN_PRESETS)})")
         preset = MARGIN_PRESETS[self.loss]
         self.margins = tuple(p if v < 0 else v for p, v in zip(preset, (self.margin_m1, self.margin_m2, self.margin_m3)))
         checks = [
-            (self.num_classes >= 1, "PFC_NUM_CLASSES", "must be >= 1"),
+            (self.num_classes >= 1 or (self.data_dir and self.num_classes == 0), "PFC_NUM_CLASSES", "must be >= 1"),
             (0.0 < self.sample_rate <= 1.0, "PFC_SAMPLE_RATE", "must be in (0, 1]"),
             (self.embedding_size >= 1, "PFC_EMBEDDING_SIZE", "must be >= 1"),
             (self.batch_size >= 1, "PFC_BATCH_SIZE", "must be >= 1"),
@@ -94,6 +107,12 @@ class Config:
             (self.comm in ("horovod", "mpi", "local"), "PFC_COMM", "must be 'horovod', 'mpi' or 'local'"),
             (self.frequent >= 1 and self.verbose >= 1, "PFC_FREQUENT / PFC_VERBOSE", "must be >= 1"),
             (self.warmup_steps >= 0 and self.max_steps >= 0, "PFC_WARMUP_STEPS / PFC_MAX_STEPS", "must be >= 0"),
+            (self.checkpoint_steps >= 0, "PFC_CHECKPOINT_STEPS", "must be >= 0"),
+            (self.keep_checkpoints >= 1, "PFC_KEEP_CHECKPOINTS", "must be >= 1"),
+            (self.data_threads >= 1, "PFC_DATA_THREADS", "must be >= 1"),
+            (0.0 <= self.max_bad_fraction < 1.0, "PFC_MAX_BAD_FRACTION", "must be in [0, 1)"),
+            (0.0 <= self.dropout < 1.0, "PFC_DROPOUT", "must be in [0, 1)"),
+            (self.eval_batch_size >= 1, "PFC_EVAL_BATCH_SIZE", "must be >= 1"),
         ]
         for ok, key, why in checks:
             if not ok:
@@ -101,6 +120,15 @@ class Config:
         steps = self.lr_step_list
         if steps != sorted(steps) or any(s <= 0 for s in steps):
             raise ConfigError(f"PFC_LR_STEPS={self.lr_steps!r} must be increasing positive integers")
+
+    @property
+    def total_steps(self) -> int:
+        """max_steps, or the dataset schedule: the last lr step plus 20000."""
+        return self.max_steps or (self.lr_step_list[-1] + 20_000 if self.lr_step_list else 20_000)
+
+    @property
+    def save_every(self) -> int:
+        return self.checkpoint_steps or self.verbose
 
     @property
     def lr_step_list(self) -> list[int]:

@@ -123,6 +123,38 @@ def _like(a, x):
     return mx.nd.array(a, ctx=x.context, dtype=a.dtype) if isinstance(x, mx.nd.NDArray) else a
 
 
+class BackboneSync:
+    """Keeps the data-parallel backbone identical on every rank (DESIGN §3 step 9).
+
+    Horovod carries it whatever PFC_COMM says about the FC's collectives: mpirun starts Horovod over MPI,
+    horovodrun over Gloo or MPI. With transport "local" (one process, no launcher) it does nothing.
+    """
+
+    def __init__(self, transport: str):
+        self._hvd = None
+        self.rank, self.size = 0, 1
+        if transport != "local":
+            import horovod.mxnet as hvd
+            hvd.init()
+            self._hvd = hvd
+            self.rank, self.size = hvd.rank(), hvd.size()
+
+    def broadcast_parameters(self, params: dict) -> None:
+        """Overwrite `params` (name -> NDArray, in place) with rank 0's values."""
+        if self._hvd is not None:
+            self._hvd.broadcast_parameters(params, root_rank=0, prefix="backbone.")
+
+    def optimizer(self, optimizer):
+        """Wrap an MXNet optimizer so every update first averages gradients over the ranks.
+
+        Horovod averages (divides by the world size); the caller scales rescale_grad by the world size when
+        its gradients are already per-rank shares of a global mean, as the Partial FC head's are.
+        """
+        if self._hvd is None:
+            return optimizer
+        return self._hvd.DistributedOptimizer(optimizer)
+
+
 def init(transport: str = "horovod"):
     """Start the chosen transport. Called once by the program, never at import time."""
     if transport == "horovod":
