@@ -6,8 +6,10 @@ from partial_fc import config
 
 
 def test_resumed_run_repeats_the_uninterrupted_losses(comm, shared_dir):
-    transport = config.load().comm
-    full, rest = cases.check_exact_resume(f"{shared_dir}/full", f"{shared_dir}/split", comm=transport)
+    # Bit for bit. With 3+ ranks that needs Horovod's tensor fusion off (scripts/test.sh sets
+    # HOROVOD_FUSION_THRESHOLD=0): fusion makes the order of a sum depend on timing, and a few steps of
+    # training amplify a last-bit difference to 1e-4 and beyond, run to run, resumed or not.
+    full, rest = cases.check_exact_resume(f"{shared_dir}/full", f"{shared_dir}/split", comm=config.load().comm)
     np.testing.assert_array_equal(rest, full[3:])
 
 
