@@ -109,6 +109,9 @@ def save(output: str, step: int, *, comm, symbol, arg_params: dict, aux_params: 
                    shards=shards)
         write_text(manifest, json.dumps(doc, indent=1, sort_keys=True))
         _prune(output, keep)
+    # Horovod: nobody returns before the manifest exists, or a rank that goes on to resume (or to read the
+    # newest checkpoint) could look before rank 0 has finished writing it.
+    comm.barrier("pfc.checkpoint_committed")
     return manifest
 
 

@@ -3,12 +3,20 @@
     partial-fc synth --output DIR [--identities N] [--images-per-identity K] [--pairs P] [--seed S]
 
 Each identity is a random parameter vector (skin tone and texture, face and hair shape and colour, eye
-position, size and colour, brows, nose, mouth, beard, glasses) rendered as a face-like picture; every
-image of it adds nuisances whose strength is one number: expression, small rotation/scale/shift, a random
-background, directional light, colour and contrast jitter, blur, noise and JPEG. The verification sets use
-held-out identities (never in train.rec), half same-identity and half different-identity pairs, in the
-reference `.bin` format: pickle (protocol 4) of (list of encoded image bytes, list of bool), two images per
-pair. `synth_hard.bin` has stronger nuisances and occlusions.
+position, size and colour, brows, nose, mouth, beard, glasses) rendered as a face-like picture. Every image
+puts it on a random background (flat, gradient or blotches: what defeats raw-pixel matching) and adds
+nuisances scaled by one strength: expression, rotation/scale/shift, directional light, colour and
+contrast jitter, blur, noise, and JPEG. The verification sets use held-out identities (never in
+train.rec), half same-identity and half different-identity pairs, in the reference `.bin` format: pickle
+(protocol 4) of (list of encoded image bytes, list of bool), two images per pair. `synth_hard.bin` has
+HARD_FACTOR times the nuisance strength and random occluding bars.
+
+Calibration of the defaults (500 identities x 24 images, nuisance 0.3), measured on a 2-core CPU: cosine
+similarity of raw pixels (mean-subtracted, L2-normalised) reaches about 0.70 verification accuracy on
+synth_val and 0.67 on synth_hard, while a MobileFaceNet-like network trained with ArcFace (s=64, m=0.5)
+from scratch on 12,800 images reaches about 0.9 on synth_val: the task is learnable in minutes and not
+solvable from pixels. Stronger nuisances make it harder for both (nuisance 1.0: raw pixels 0.66, the same
+network 0.78).
 
 Every image is a pure function of (seed, split, identity, image number), so the same arguments write
 byte-identical files. Files appear atomically (temporary name, then os.replace).
@@ -33,8 +41,8 @@ SIZE = 112
 DEFAULT_IDENTITIES = 500
 DEFAULT_IMAGES_PER_IDENTITY = 24
 DEFAULT_PAIRS = 2000
-DEFAULT_NUISANCE = 1.0
-HARD_FACTOR = 1.6          # synth_hard's nuisance strength relative to synth_val's
+DEFAULT_NUISANCE = 0.3
+HARD_FACTOR = 2.5          # synth_hard's nuisance strength relative to synth_val's (plus occlusions)
 BIN_IMAGES_PER_IDENTITY = 6
 JPEG_QUALITY = 90
 
@@ -350,7 +358,8 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--pairs", type=int, default=DEFAULT_PAIRS,
                    help=f"pairs per verification set, half same identity (default: {DEFAULT_PAIRS})")
     p.add_argument("--nuisance", type=float, default=DEFAULT_NUISANCE,
-                   help=f"nuisance strength; synth_hard uses {HARD_FACTOR}x (default: {DEFAULT_NUISANCE})")
+                   help=f"nuisance strength, 0 = only background and noise vary, 1 = strong; synth_hard uses "
+                        f"{HARD_FACTOR}x (default: {DEFAULT_NUISANCE})")
     p.add_argument("--seed", type=int, default=0, help="seed of identities, images and pairs (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
