@@ -109,6 +109,8 @@ def _bind_backbone(cfg: Config, ctx, ckpt):
 
 def run(cfg: Config) -> list[float]:
     """Train per `cfg` on this rank; returns the global loss of every step run."""
+    if cfg.network not in symbols.NETWORKS:  # before any launcher-wide work starts
+        raise ConfigError(f"PFC_NETWORK={cfg.network!r} is not a known network (known: {', '.join(symbols.NETWORKS)})")
     comm = dist.init(cfg.comm)              # the FC's collectives
     sync = dist.BackboneSync(cfg.comm)      # Horovod: the backbone's gradients and initial parameters
     if sync.size != comm.size:
