@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import atomic
 from .sharding import shard_range
 
 PREFIX = "model"
@@ -40,36 +41,11 @@ def _stem(output: str, step: int) -> str:
     return os.path.join(output, f"{PREFIX}-{step:04d}")
 
 
-def _tmp(path: str) -> str:
-    return f"{path}.tmp-{os.getpid()}"
-
-
-def _replace_atomically(path: str, write) -> None:
-    """write(tmp_path) then rename over `path`: readers see the old file or the whole new one."""
-    tmp = _tmp(path)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_text(path: str, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    _replace_atomically(path, write)
-
-
 def _save_npy(path: str, array: np.ndarray) -> None:
     def write(tmp):
         with open(tmp, "wb") as f:
             np.save(f, array)
-    _replace_atomically(path, write)
+    atomic.replace(path, write)
 
 
 def save(output: str, step: int, *, comm, symbol, arg_params: dict, aux_params: dict, save_states,
@@ -89,11 +65,11 @@ def save(output: str, step: int, *, comm, symbol, arg_params: dict, aux_params: 
     _save_npy(os.path.join(shard_dir, f"rank{comm.rank}.weight.npy"), weight)
     _save_npy(os.path.join(shard_dir, f"rank{comm.rank}.momentum.npy"), momentum)
     if comm.rank == 0:
-        _replace_atomically(os.path.join(output, f"{PREFIX}-symbol.json"), symbol.save)
+        atomic.replace(os.path.join(output, f"{PREFIX}-symbol.json"), symbol.save)
         params = {f"arg:{k}": v for k, v in arg_params.items()}
         params.update({f"aux:{k}": v for k, v in aux_params.items()})
-        _replace_atomically(stem + ".params", lambda tmp: mx.nd.save(tmp, params))
-        _replace_atomically(stem + ".states", save_states)
+        atomic.replace(stem + ".params", lambda tmp: mx.nd.save(tmp, params))
+        atomic.replace(stem + ".states", save_states)
     # Horovod: the manifest may only name files that every rank has finished writing.
     comm.barrier("pfc.checkpoint_written")
     manifest = stem + ".json"
@@ -107,7 +83,7 @@ def save(output: str, step: int, *, comm, symbol, arg_params: dict, aux_params: 
         doc = dict(meta, step=step, world_size=comm.size, symbol=f"{PREFIX}-symbol.json",
                    params=os.path.basename(stem + ".params"), states=os.path.basename(stem + ".states"),
                    shards=shards)
-        write_text(manifest, json.dumps(doc, indent=1, sort_keys=True))
+        atomic.write_text(manifest, json.dumps(doc, indent=1, sort_keys=True))
         _prune(output, keep)
     # Horovod: nobody returns before the manifest exists, or a rank that goes on to resume (or to read the
     # newest checkpoint) could look before rank 0 has finished writing it.

@@ -35,6 +35,7 @@ from functools import partial
 import cv2
 import numpy as np
 
+from . import atomic
 from .records import RecordWriter, pack_image
 
 SIZE = 112
@@ -253,12 +254,6 @@ def _identity_images(seed, split, numbers, nuisance, occlude, identity) -> list[
     return [_encode(image(seed, split, identity, k, nuisance, p, occlude)) for k in numbers]
 
 
-def _atomic_write(path: str, data: bytes):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
 
 class _Progress:
     def __init__(self, total: int, stream):
@@ -339,10 +334,10 @@ def write_dataset(output_dir: str, identities: int = DEFAULT_IDENTITIES,
                 bins += [encoded[a], encoded[b]]
                 issame.append(bool(same))
             path = os.path.join(output_dir, f"{name}.bin")
-            _atomic_write(path, pickle.dumps((bins, issame), protocol=4))
+            atomic.write_bytes(path, pickle.dumps((bins, issame), protocol=4))
             summary["sets"][name] = {"path": path, "pairs": val_pairs, "identities": held_out,
                                      "nuisance": strength, "occlusion": occlude, "bytes": os.path.getsize(path)}
-    _atomic_write(os.path.join(output_dir, "property"), f"{identities},{SIZE},{SIZE}\n".encode())
+    atomic.write_bytes(os.path.join(output_dir, "property"), f"{identities},{SIZE},{SIZE}\n".encode())
     summary["rec_bytes"] = os.path.getsize(rec)
     summary["seconds"] = time.time() - t0
     return summary

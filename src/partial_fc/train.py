@@ -21,7 +21,7 @@ import numpy as np
 
 import symbols
 
-from . import checkpoint, data, dist
+from . import atomic, checkpoint, data, dist
 from .callbacks import Reporter
 from .config import Config, ConfigError
 from .loss_scale import LossScaler
@@ -154,7 +154,7 @@ def run(cfg: Config) -> list[float]:
     verifier = None
     if comm.rank == 0:
         os.makedirs(cfg.output, exist_ok=True)
-        checkpoint.write_text(os.path.join(cfg.output, "config.json"), cfg.to_json())
+        atomic.write_text(os.path.join(cfg.output, "config.json"), cfg.to_json())
         bins = _verification_sets(cfg)
         if bins:
             from .verification import Verifier
