@@ -13,6 +13,7 @@ the uninterrupted run's numbers exactly (at the same world size).
 from __future__ import annotations
 
 import glob
+import json
 import os
 import warnings
 
@@ -29,6 +30,7 @@ from .margin import Margin
 from .memory_bank import MemoryBank
 from .partial_fc import PartialFC
 from .schedule import learning_rate, scaled_base
+from .sharding import shard_range
 
 IMAGE_SHAPE = (3, 112, 112)
 
@@ -219,7 +221,6 @@ def init_optimizer(mod, sync, *, lr, momentum, wd, fp16=False) -> mx.optimizer.S
 def _bank(cfg, comm, ckpt, num_classes, ctx):
     if ckpt is None:
         return None  # PartialFC creates a fresh shard from the seed
-    from .sharding import shard_range
     start, count = shard_range(num_classes, comm.size, comm.rank)
     weight, momentum = ckpt.centers(start, count)
     return MemoryBank(weight, momentum, ctx=ctx, storage=cfg.memory_bank, lr_momentum=cfg.momentum,
@@ -251,7 +252,6 @@ def _save(cfg, comm, mod, sym, fc, num_classes, step, scaler=None):
 
 
 def json_config(cfg: Config) -> dict:
-    import json
     return json.loads(cfg.to_json())
 
 
