@@ -49,11 +49,11 @@ def _save_npy(path: str, array: np.ndarray) -> None:
 
 
 def save(output: str, step: int, *, comm, symbol, arg_params: dict, aux_params: dict, save_states,
-         centers: tuple[np.ndarray, np.ndarray], start: int, count: int, meta: dict, keep: int) -> str:
+         centers: tuple[np.ndarray, np.ndarray], meta: dict, keep: int) -> str:
     """Write this rank's part of the checkpoint at `step`; rank 0 completes it. Returns the manifest path.
 
     save_states(path): writes the backbone optimizer state (rank 0 only; identical on every rank).
-    centers: this rank's (weight, momentum) [count, D]. meta: network, num_classes, embedding_size, ...
+    centers: this rank's (weight, momentum) [count, D], its shard_range(num_classes, size, rank). meta: network, num_classes, embedding_size, ...
     Every rank must call it (it has barriers).
     """
     import mxnet as mx

@@ -245,8 +245,7 @@ def _save(cfg, comm, mod, sym, fc, num_classes, step, scaler=None):
                 sample_rate=cfg.sample_rate, seed=cfg.seed, batch_size=cfg.batch_size, fp16=cfg.fp16,
                 config=json_config(cfg), trainer={"loss_scale": scaler.state()} if scaler else {})
     path = checkpoint.save(cfg.output, step, comm=comm, symbol=sym, arg_params=arg, aux_params=aux,
-                           save_states=mod.save_optimizer_states, centers=fc.bank.numpy(), start=fc.start,
-                           count=fc.count, meta=meta, keep=cfg.keep_checkpoints)
+                           save_states=mod.save_optimizer_states, centers=fc.bank.numpy(), meta=meta, keep=cfg.keep_checkpoints)
     if comm.rank == 0:
         print(f"saved checkpoint {path}", flush=True)
 

@@ -29,7 +29,7 @@ def _save_world(out, step, centers, momentum, W, keep=3):
         s, c = shard_range(len(centers), W, k)
         path = checkpoint.save(out, step, comm=FakeComm(k, W), symbol=sym, arg_params=arg, aux_params={},
                                save_states=lambda p: open(p, "wb").write(b"states"),
-                               centers=(centers[s:s + c], momentum[s:s + c]), start=s, count=c, meta=meta,
+                               centers=(centers[s:s + c], momentum[s:s + c]), meta=meta,
                                keep=keep)
     return path
 
