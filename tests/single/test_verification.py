@@ -112,3 +112,63 @@ def test_truncated_and_missing(tmp_path):
         load_pairs(str(p))
     with pytest.raises(BinError, match="nope.bin: cannot read"):
         load_pairs(str(tmp_path / "nope.bin"))
+
+
+def _brute_tar(scores, labels, far):
+    """TAR at `far` from every threshold written out: accept a pair when score >= t, for t over all scores."""
+    neg, pos = scores[~labels], scores[labels]
+    if far < 1 / len(neg):
+        return float("nan")
+    points = [(np.mean(neg >= t), np.mean(pos >= t)) for t in np.concatenate([[np.inf], np.unique(scores)])]
+    far_lo = max(f for f, _ in points if f <= far)
+    tar_lo = max(t for f, t in points if f == far_lo)
+    if far_lo == far:
+        return tar_lo
+    far_hi = min(f for f, _ in points if f > far)
+    tar_hi = min(t for f, t in points if f == far_hi)
+    return tar_lo + (far - far_lo) / (far_hi - far_lo) * (tar_hi - tar_lo)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_tar_at_far_matches_a_brute_force_threshold_sweep(ties):
+    rng = np.random.default_rng(3)
+    labels = rng.random(3000) < 0.3
+    scores = rng.standard_normal(3000) + 1.5 * labels
+    if ties:  # many equal scores: the ROC has vertical and diagonal steps, FARs repeat
+        scores = np.round(scores * 4) / 4
+    fars = [1 / (~labels).sum(), 1e-3, 3.3e-3, 1e-2, 0.05, 0.1, 0.5, 1.0]
+    got = verification.tar_at_far(scores, labels, fars)
+    want = [_brute_tar(scores, labels, f) for f in fars]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert np.all(np.diff(got) >= 0) and got[-1] == 1.0
+
+
+def test_tar_at_far_is_not_invented_below_one_negative():
+    labels = np.array([True] * 150 + [False] * 150)
+    scores = np.where(labels, 1.0, 0.0) + np.linspace(0, 0.5, 300)
+    tar = verification.tar_at_far(scores, labels, [1e-3, 1 / 150, 1e-1])
+    assert np.isnan(tar[0]) and not np.isnan(tar[1:]).any()
+    # Where a threshold gives exactly the FAR, the TAR is that threshold's: the conservative reading.
+    neg, pos = scores[~labels], scores[labels]
+    t = np.sort(neg)[-15]  # 15 of 150 negatives accepted: FAR 0.1
+    assert tar[2] == pytest.approx(np.mean(pos >= t))
+    assert np.isnan(verification.tar_at_far(scores[:150], labels[:150], [0.1])).all()  # no negatives at all
+
+
+def test_results_and_table_carry_tar_at_far():
+    rng = np.random.default_rng(4)
+    P, D = 4000, 8
+    issame = np.arange(P) % 2 == 0
+    a = rng.standard_normal((P, D))
+    emb = np.empty((2 * P, D))
+    emb[0::2], emb[1::2] = a, np.where(issame[:, None], a + 0.9 * rng.standard_normal((P, D)),
+                                       rng.standard_normal((P, D)))
+    dist = ((emb[0::2] / np.linalg.norm(emb[0::2], axis=1, keepdims=True)
+             - emb[1::2] / np.linalg.norm(emb[1::2], axis=1, keepdims=True)) ** 2).sum(1)
+    np.testing.assert_allclose(verification.distances(emb), dist, rtol=1e-12)
+    tar = verification.tar_at_far(-dist, issame, [verification.FAR])[0]
+    assert tar == pytest.approx(_brute_tar(-dist, issame, 1e-3), abs=1e-12) and 0 < tar < 1
+    rows = verification.table([verification.Result("big", 0.9, 0.01, 20.0, 1.2, P, tar),
+                               verification.Result("small", 0.8, 0.02, 21.0, 1.3, 300)]).splitlines()
+    assert "TAR@FAR=1e-3" in rows[1]
+    assert rows[2].split()[-1] == f"{tar:.4f}" and rows[3].split()[-1] == "n/a"
