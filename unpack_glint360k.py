@@ -2,8 +2,10 @@
 """Unpack Glint360K-style train.rec/train.idx folders into one folder per identity (raw image bytes).
 
     python unpack_glint360k.py --include /data/glint360k,/data/faces_emore --output /data/unpacked
+    python unpack_glint360k.py --include /data/glint360k --md5 glint360k     # only check the published sums
 
-The same as `partial-fc unpack`; requires the project to be installed (scripts/install.sh).
+The same as `partial-fc unpack` (see src/partial_fc/unpack.py); requires the project to be installed
+(scripts/install.sh).
 """
 import sys
 
