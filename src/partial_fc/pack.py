@@ -10,8 +10,8 @@ default the .lst's folder) the class is the first label, which must be an intege
 
 The layout written is the one `partial-fc synth` and insightface's tools write: key 0 a header record with
 labels (a, b); image records on keys 1 .. a-1, each identity's images on consecutive keys, with a scalar
-label and id = its key; identity records on keys a .. b-1 with labels (first key, last key + 1) of
-identity a + c. `property` is "num_classes,height,width". So packing what `partial-fc unpack` wrote from
+label and id = its key; identity records on keys a .. b-1, the one on key a + j holding (first key,
+last key + 1) of the j-th identity's images. `property` is "num_classes,height,width". So packing what `partial-fc unpack` wrote from
 such a rec gives the same bytes back.
 
 Images pass through as stored (no decode, no re-encode) unless --resize is given, which decodes, resizes
