@@ -10,10 +10,17 @@ through the communicator with a stable name. There is one code path: r = 1.0 onl
 Scaling: gradients are those of the mean loss over the global batch, L = (1/N) sum_i loss_i. The feature
 gradient returned to rank k is dL/df for its own B rows, so the backbone's parameter gradient is the SUM
 over ranks of what each rank back-propagates (an averaging allreduce must be compensated by W).
+
+Memory: the [S, D] work (gathered centers, their gradient, the momentum update) is done in row chunks of
+the sampled subset when the bank is compact (float16 / bfloat16) or S * D is large, so that the peak beyond
+the bank is the [N, S] logits plus a few chunk-sized float32 arrays, not several [S, D] float32 copies
+(at 10 M classes on 2 ranks, S = 500 k rows of 512: 1 GB each). Chunks are gathered again for the feature
+gradient and for the update instead of being kept; a float32 bank with a small S runs as one chunk, kept
+from the forward pass, which is exactly the unchunked computation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mxnet as mx
 import numpy as np
@@ -24,6 +31,30 @@ from .memory_bank import MemoryBank
 from .sampler import CenterSampler, Sample
 from .sharding import shard_range
 
+# A float32 bank whose [S, D] arrays stay within this many elements (256 MB) runs as one chunk.
+DENSE_ELEMENTS = 1 << 26
+# Otherwise sampled rows go in chunks of this many elements (16 MB of float32 at any D).
+CHUNK_ELEMENTS = 1 << 22
+
+
+def chunk_rows_for(dim: int, bank_dtype: str, sampled: int) -> int:
+    """Sampled rows handled at a time: all of them for a float32 bank with S * D <= DENSE_ELEMENTS, else
+    CHUNK_ELEMENTS // D (so a compact bank never widens more than one chunk to float32)."""
+    if bank_dtype == "float32" and sampled * dim <= DENSE_ELEMENTS:
+        return max(1, sampled)
+    return max(1, CHUNK_ELEMENTS // dim)
+
+
+@dataclass
+class _Backward:
+    """What update() needs from forward_backward: the gradient w.r.t. the sampled centers is
+    dW = dcos_w^T . Fh - W * radial, formed chunk by chunk when it is applied."""
+    chunks: list            # [(lo, hi)] row ranges of the sample
+    Fh: mx.nd.NDArray       # [N, D] normalised features
+    dcos_w: mx.nd.NDArray   # [N, S] dL/dcos scaled by 1/|w|
+    radial: mx.nd.NDArray   # [S] sum_n dcos_ns cos_ns / |w_s|^2
+    weight: mx.nd.NDArray | None  # float32 [S, D] centers kept from the forward pass (one chunk only)
+
 
 @dataclass
 class FCStep:
@@ -32,18 +63,34 @@ class FCStep:
     loss:         mean cross-entropy over the global batch (the same number on every rank)
     feature_grad: float32 [B, D], dL/df for this rank's own rows
     sample:       the centers this rank used (Sample.index into its shard)
-    center_grad:  float32 [S, D], dL/dW for those centers
+    center_grad:  float32 [S, D], dL/dW for those centers (a property: formed on first use; when the step
+                  ran in chunks it is only available before update(), which applies it chunk by chunk)
     """
     loss: float
     feature_grad: mx.nd.NDArray
     sample: Sample
-    center_grad: mx.nd.NDArray
+    _op: "PartialFC" = field(default=None, repr=False)
+    _backward: _Backward | None = field(default=None, repr=False)
+    _center_grad: mx.nd.NDArray | None = field(default=None, repr=False)
+
+    @property
+    def center_grad(self) -> mx.nd.NDArray:
+        if self._center_grad is None:
+            if self._backward is None:
+                raise RuntimeError("the center gradient of a step run in chunks is gone once update() applied "
+                                   "it; read center_grad before update()")
+            self._center_grad = self._op.center_grad(self)
+        return self._center_grad
 
 
 class PartialFC:
     def __init__(self, comm, num_classes: int, embedding_size: int, margin: Margin, sample_rate: float = 1.0,
                  *, bank: MemoryBank | None = None, seed: int = 0, ctx=None, storage: str = "device",
-                 momentum: float = 0.9, wd: float = 5e-4):
+                 momentum: float = 0.9, wd: float = 5e-4, bank_dtype: str | None = None,
+                 chunk_rows: int | None = None):
+        """bank_dtype: storage dtype of a bank created here ("float32" default, "float16", "bfloat16"); with
+        a given `bank` it must match that bank's. chunk_rows: force the row chunk (tests); default
+        chunk_rows_for(). phase_hook: see _phase."""
         self.comm = comm
         self.num_classes, self.embedding_size = num_classes, embedding_size
         self.margin = margin
@@ -52,10 +99,27 @@ class PartialFC:
         self.sampler = CenterSampler(self.start, self.count, num_classes, sample_rate, seed=seed, rank=comm.rank)
         if bank is None:
             bank = MemoryBank.create(self.count, embedding_size, seed=seed, rank=comm.rank, ctx=self.ctx,
-                                     storage=storage, lr_momentum=momentum, wd=wd)
+                                     storage=storage, lr_momentum=momentum, wd=wd, dtype=bank_dtype or "float32")
         if bank.shape != (self.count, embedding_size):
             raise ValueError(f"memory bank holds {bank.shape}, rank {comm.rank} needs ({self.count}, {embedding_size})")
+        if bank_dtype is not None and bank.dtype != bank_dtype:
+            raise ValueError(f"memory bank stores {bank.dtype}, but bank_dtype={bank_dtype!r} was asked for")
+        if chunk_rows is not None and chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
         self.bank = bank
+        self.chunk_rows = chunk_rows
+        # Called as phase_hook(name) at the end of each phase (benchmarks time the phases with it and call
+        # mx.nd.waitall() there). None: no calls, no waits.
+        self.phase_hook = None
+
+    def _phase(self, name: str) -> None:
+        """End of a phase: exchange, sample, gather, matmul, softmax, scatter or update (names repeat)."""
+        if self.phase_hook is not None:
+            self.phase_hook(name)
+
+    def _chunks(self, sampled: int) -> list[tuple[int, int]]:
+        rows = self.chunk_rows or chunk_rows_for(self.embedding_size, self.bank.dtype, sampled)
+        return [(lo, min(lo + rows, sampled)) for lo in range(0, sampled, rows)]
 
     def forward_backward(self, features: mx.nd.NDArray, labels, step: int) -> FCStep:
         """features: float32 [B, D] of this rank; labels: int64 [B] class ids in [0, C)."""
@@ -76,37 +140,110 @@ class PartialFC:
         if N != B * comm.size:
             raise ValueError(f"batch sizes differ between ranks: this rank has {B} rows, the world {N} "
                              f"(expected {B} x {comm.size}); every rank must use the same batch size")
+        self._phase("exchange")
 
         sample = self.sampler.sample(Y, step)
-        W = self.bank.gather(sample)                                      # [S, D] raw centers
         y = mx.nd.array(sample.labels, ctx=self.ctx, dtype=np.int64)
+        S = sample.index.size
+        chunks = self._chunks(S)
+        single = len(chunks) == 1
+        self._phase("sample")
 
         f_norm = mx.nd.norm(F, axis=1, keepdims=True)                    # [N, 1]
         Fh = mx.nd.broadcast_div(F, f_norm)
-        w_inv = 1.0 / mx.nd.norm(W, axis=1)                               # [S]
-        # Scale the [N, S] product by 1/|w| instead of normalising the [S, D] centers: one pass fewer.
-        cos = mx.nd.broadcast_mul(mx.nd.dot(Fh, W, transpose_b=True), w_inv.expand_dims(0))
+        self._phase("softmax")
+        if single:
+            W = self.bank.gather(sample)                                  # [S, D] raw centers, float32
+            self._phase("gather")
+            w_inv = 1.0 / mx.nd.norm(W, axis=1)                           # [S]
+            # Scale the [N, S] product by 1/|w| instead of normalising the [S, D] centers: one pass fewer.
+            cos = mx.nd.broadcast_mul(mx.nd.dot(Fh, W, transpose_b=True), w_inv.expand_dims(0))
+            self._phase("matmul")
+        else:
+            W = None
+            cos = mx.nd.empty((N, S), ctx=self.ctx)
+            w_inv = mx.nd.empty((S,), ctx=self.ctx)
+            for lo, hi in chunks:
+                Wc = self.bank.gather_rows(sample, lo, hi)
+                self._phase("gather")
+                w_inv[lo:hi] = 1.0 / mx.nd.norm(Wc, axis=1)
+                cos[:, lo:hi] = mx.nd.broadcast_mul(mx.nd.dot(Fh, Wc, transpose_b=True),
+                                                    w_inv[lo:hi].expand_dims(0))
+                self._phase("matmul")
+            del Wc
         z, cache = margin_logits(cos, y, self.margin)
+        self._phase("softmax")
 
         # Horovod: global row max, then row sums and target logits in one packed reduction.
         M = comm.allreduce(softmax.row_max(z), "max", "pfc.logits_max")
+        self._phase("exchange")
         e = softmax.shifted_exp(z, M)
-        packed = comm.allreduce(softmax.sum_exp_and_target(e, z, cache.onehot), "sum", "pfc.sum_exp_target")
+        local = softmax.sum_exp_and_target(e, z, cache.onehot)
+        del z
+        self._phase("softmax")
+        packed = comm.allreduce(local, "sum", "pfc.sum_exp_target")
         loss = softmax.loss_per_row(packed, M).mean().asscalar()
+        self._phase("exchange")
 
         dz = softmax.logits_grad(e, packed, cache.onehot, 1.0 / N)
+        del e
         dcos = margin_backward(dz, cache, self.margin)
+        del dz, cache
         dcos_w = mx.nd.broadcast_mul(dcos, w_inv.expand_dims(0))          # dcos / |w|
         # d/dW of cos = f^.w/|w|: (dW^ - w^ <w^, dW^>)/|w|, where <w^, dW^>_s = sum_n dcos_ns cos_ns.
         radial = mx.nd.sum(dcos * cos, axis=0) * w_inv * w_inv            # [S]
-        dW = mx.nd.dot(dcos_w, Fh, transpose_a=True) - mx.nd.broadcast_mul(W, radial.expand_dims(1))
-        dFh = mx.nd.dot(dcos_w, W)                                        # [N, D]
+        del dcos, cos
+        self._phase("softmax")
+        if single:
+            dFh = mx.nd.dot(dcos_w, W)                                    # [N, D]
+            self._phase("matmul")
+        else:
+            dFh = mx.nd.zeros(F.shape, ctx=self.ctx)
+            for lo, hi in chunks:
+                Wc = self.bank.gather_rows(sample, lo, hi)
+                self._phase("gather")
+                dFh += mx.nd.dot(mx.nd.slice_axis(dcos_w, axis=1, begin=lo, end=hi), Wc)
+                self._phase("matmul")
         dF = mx.nd.broadcast_div(dFh - mx.nd.broadcast_mul(Fh, mx.nd.sum(Fh * dFh, axis=1, keepdims=True)), f_norm)
+        self._phase("softmax")
 
         # Horovod: each rank's classes contribute to every row; sum them and keep our own B rows.
         dF_local = comm.reducescatter(dF, "pfc.feature_grad")
-        return FCStep(loss=float(loss), feature_grad=dF_local, sample=sample, center_grad=dW)
+        self._phase("scatter")
+        return FCStep(loss=float(loss), feature_grad=dF_local, sample=sample, _op=self,
+                      _backward=_Backward(chunks, Fh, dcos_w, radial, W))
+
+    def _center_grad_rows(self, b: _Backward, lo: int, hi: int, W: mx.nd.NDArray) -> mx.nd.NDArray:
+        """dL/dW of sampled rows [lo, hi) (float32 [hi - lo, D]) given those rows' centers W."""
+        if len(b.chunks) == 1:
+            dcos_w, radial = b.dcos_w, b.radial
+        else:
+            dcos_w, radial = mx.nd.slice_axis(b.dcos_w, axis=1, begin=lo, end=hi), b.radial[lo:hi]
+        return mx.nd.dot(dcos_w, b.Fh, transpose_a=True) - mx.nd.broadcast_mul(W, radial.expand_dims(1))
+
+    def center_grad(self, out: FCStep) -> mx.nd.NDArray:
+        """The whole float32 [S, D] center gradient of `out` (FCStep.center_grad); materialises [S, D]."""
+        b = out._backward
+        if len(b.chunks) == 1:
+            return self._center_grad_rows(b, 0, out.sample.index.size, b.weight)
+        return mx.nd.concat(*[self._center_grad_rows(b, lo, hi, self.bank.gather_rows(out.sample, lo, hi))
+                              for lo, hi in b.chunks], dim=0)
 
     def update(self, out: FCStep, lr: float) -> None:
-        """Apply the center gradient of `out` to the sampled rows of the memory bank."""
-        self.bank.update(out.sample, out.center_grad, lr)
+        """Apply the center gradient of `out` to the sampled rows of the memory bank, chunk by chunk."""
+        b = out._backward
+        if b is None:
+            raise RuntimeError("this step's center gradient was already applied")
+        for lo, hi in b.chunks:
+            if len(b.chunks) == 1:
+                W = b.weight
+                dW = out.center_grad  # formed once and kept: tests and callers may read it afterwards
+            else:
+                W = self.bank.gather_rows(out.sample, lo, hi)
+                self._phase("gather")
+                dW = self._center_grad_rows(b, lo, hi, W)
+            self._phase("matmul")
+            # W (a float32 copy, or a view of a float32 shard) doubles as the update's scratch for compact banks.
+            self.bank.update_rows(out.sample, lo, hi, dW, lr, rows=W if self.bank.dtype != "float32" else None)
+            self._phase("update")
+        out._backward = None  # frees the [N, S] gradient now rather than at the next step
