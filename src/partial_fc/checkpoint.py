@@ -49,46 +49,124 @@ def _save_npy(path: str, array: np.ndarray) -> None:
 
 
 def save(output: str, step: int, *, comm, symbol, arg_params: dict, aux_params: dict, save_states,
-         centers: tuple[np.ndarray, np.ndarray], meta: dict, keep: int) -> str:
+         centers: tuple[np.ndarray, np.ndarray], meta: dict, keep: int, bank_dtype: str = "float32") -> str:
     """Write this rank's part of the checkpoint at `step`; rank 0 completes it. Returns the manifest path.
 
     save_states(path): writes the backbone optimizer state (rank 0 only; identical on every rank).
-    centers: this rank's (weight, momentum) [count, D], its shard_range(num_classes, size, rank). meta: network, num_classes, embedding_size, ...
+    centers: this rank's (weight, momentum) [count, D], its shard_range(num_classes, size, rank), in the bank's
+    storage dtype `bank_dtype` (bfloat16 as uint16 bits), saved as they are. meta: network, num_classes, embedding_size, ...
     Every rank must call it (it has barriers).
     """
     import mxnet as mx
 
     stem = _stem(output, step)
     shard_dir = stem + ".centers"
-    os.makedirs(shard_dir, exist_ok=True)
-    weight, momentum = centers
-    _save_npy(os.path.join(shard_dir, f"rank{comm.rank}.weight.npy"), weight)
-    _save_npy(os.path.join(shard_dir, f"rank{comm.rank}.momentum.npy"), momentum)
-    if comm.rank == 0:
-        atomic.replace(os.path.join(output, f"{PREFIX}-symbol.json"), symbol.save)
-        params = {f"arg:{k}": v for k, v in arg_params.items()}
-        params.update({f"aux:{k}": v for k, v in aux_params.items()})
-        atomic.replace(stem + ".params", lambda tmp: mx.nd.save(tmp, params))
-        atomic.replace(stem + ".states", save_states)
-    # Horovod: the manifest may only name files that every rank has finished writing.
-    comm.barrier("pfc.checkpoint_written")
     manifest = stem + ".json"
+    if comm.rank == 0 and os.path.exists(manifest):
+        # Saving a step that already has a checkpoint (a resume from an older one): the old manifest must not
+        # name a mix of old and new files if this save is cut short, so it goes first.
+        os.remove(manifest)
+    # Horovod: nobody writes before a stale manifest of this step is gone.
+    comm.barrier("pfc.checkpoint_begin")
+    mine = [os.path.join(shard_dir, f"rank{comm.rank}.weight.npy"),
+            os.path.join(shard_dir, f"rank{comm.rank}.momentum.npy")]
     if comm.rank == 0:
+        mine += [stem + ".params", stem + ".states"]
+
+    def write_part():
+        os.makedirs(shard_dir, exist_ok=True)
+        weight, momentum = centers
+        _save_npy(mine[0], weight)
+        _save_npy(mine[1], momentum)
+        if comm.rank == 0:
+            atomic.replace(os.path.join(output, f"{PREFIX}-symbol.json"), symbol.save)
+            params = {f"arg:{k}": v for k, v in arg_params.items()}
+            params.update({f"aux:{k}": v for k, v in aux_params.items()})
+            atomic.replace(stem + ".params", lambda tmp: mx.nd.save(tmp, params))
+            atomic.replace(stem + ".states", save_states)
+
+    # Horovod: the manifest may only name files that every rank has finished writing, and a rank that could
+    # not write (a full disk) must stop every rank, not leave them waiting.
+    _agree(comm, "pfc.checkpoint_written", step, output, write_part, mine)
+
+    def commit():
         shards = []
         for k in range(comm.size):
             s, c = shard_range(meta["num_classes"], comm.size, k)
             shards.append({"rank": k, "start": s, "count": c,
                            "weight": f"{os.path.basename(shard_dir)}/rank{k}.weight.npy",
                            "momentum": f"{os.path.basename(shard_dir)}/rank{k}.momentum.npy"})
-        doc = dict(meta, step=step, world_size=comm.size, symbol=f"{PREFIX}-symbol.json",
+        doc = dict(meta, step=step, world_size=comm.size, symbol=f"{PREFIX}-symbol.json", bank_dtype=bank_dtype,
                    params=os.path.basename(stem + ".params"), states=os.path.basename(stem + ".states"),
                    shards=shards)
         atomic.write_text(manifest, json.dumps(doc, indent=1, sort_keys=True))
         _prune(output, keep)
+
     # Horovod: nobody returns before the manifest exists, or a rank that goes on to resume (or to read the
     # newest checkpoint) could look before rank 0 has finished writing it.
-    comm.barrier("pfc.checkpoint_committed")
+    _agree(comm, "pfc.checkpoint_committed", step, output, commit if comm.rank == 0 else None, mine)
     return manifest
+
+
+def _agree(comm, name: str, step: int, output: str, work, files: list[str]) -> None:
+    """Run `work` on this rank, then learn from every rank whether theirs succeeded (one collective).
+
+    On any failure every rank removes its files of this step and raises CheckpointError: the save fails
+    loudly everywhere at once, and the previous checkpoint stays the newest complete one.
+    """
+    import mxnet as mx
+
+    error = None
+    if work is not None:
+        try:
+            work()
+        except (OSError, mx.base.MXNetError) as e:  # MXNet reports its own write failures as MXNetError
+            error = e
+    failed = comm.allgather(mx.nd.array([1.0 if error else 0.0]), name).asnumpy()
+    if not failed.any():
+        return
+    for path in files:
+        if os.path.exists(path):
+            os.remove(path)
+    if files:
+        try:
+            os.rmdir(os.path.dirname(files[0]))  # the step's centers folder, once every rank emptied it
+        except OSError:
+            pass
+    previous = latest(output)
+    keep = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+    if error is not None:
+        what = f"{getattr(error, 'filename', None) or ''}: {getattr(error, 'strerror', None) or str(error).splitlines()[0]}"
+        raise CheckpointError(f"checkpoint at step {step} not saved: rank {comm.rank} could not write "
+                              f"{what.lstrip(': ')}; {keep} (free space, then resume with PFC_RESUME=1)")
+    ranks = ", ".join(str(k) for k in np.flatnonzero(failed))
+    raise CheckpointError(f"checkpoint at step {step} not saved: rank(s) {ranks} could not write their part "
+                          f"(their error names the file); {keep}")
+
+
+def remove_incomplete(output: str) -> list[str]:
+    """Delete what a killed save left behind: temporary files, and files of steps that have no manifest.
+
+    Called by rank 0 at start-up, before any rank saves. Returns the removed paths.
+    """
+    if not os.path.isdir(output):
+        return []
+    complete = set(_steps(output))
+    removed = []
+    pattern = re.compile(r"^" + PREFIX + r"-(\d{4,})\.(params|states|centers)$")
+    for name in os.listdir(output):
+        path = os.path.join(output, name)
+        m = pattern.match(name)
+        if ".tmp-" in name or (m and int(m.group(1)) not in complete):
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            removed.append(path)
+    for step in complete:
+        shard_dir = _stem(output, step) + ".centers"
+        for name in os.listdir(shard_dir) if os.path.isdir(shard_dir) else []:
+            if ".tmp-" in name:
+                os.remove(os.path.join(shard_dir, name))
+                removed.append(os.path.join(shard_dir, name))
+    return removed
 
 
 def _steps(output: str) -> list[int]:
@@ -148,11 +226,17 @@ class Checkpoint:
         aux = {k[4:]: v for k, v in loaded.items() if k.startswith("aux:")}
         return arg, aux
 
-    def centers(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows [start, start + count) of the centers and their momentum, from whichever shards hold them."""
+    def centers(self, start: int, count: int, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+        """Rows [start, start + count) of the centers and their momentum, from whichever shards hold them,
+        in bank storage dtype `dtype` (converted in row chunks from the dtype they were saved in)."""
+        from .memory_bank import DTYPES, convert_rows, storage_numpy_dtype
+
         D = int(self.meta["embedding_size"])
-        weight = np.empty((count, D), dtype=np.float32)
-        momentum = np.empty((count, D), dtype=np.float32)
+        saved = self.meta.get("bank_dtype", "float32")  # checkpoints from before compact banks are float32
+        if saved not in DTYPES:
+            raise CheckpointError(f"{self.path}: unknown bank_dtype {saved!r} (known: {', '.join(DTYPES)})")
+        weight = np.empty((count, D), dtype=storage_numpy_dtype(dtype))
+        momentum = np.empty((count, D), dtype=storage_numpy_dtype(dtype))
         filled = 0
         for shard in self.meta["shards"]:
             lo, hi = max(start, shard["start"]), min(start + count, shard["start"] + shard["count"])
@@ -161,9 +245,10 @@ class Checkpoint:
             for out, key in ((weight, "weight"), (momentum, "momentum")):
                 path = self._file(shard[key])
                 rows = np.load(path, mmap_mode="r")
-                if rows.shape != (shard["count"], D):
-                    raise CheckpointError(f"{path}: holds {rows.shape}, the manifest says ({shard['count']}, {D})")
-                out[lo - start:hi - start] = rows[lo - shard["start"]:hi - shard["start"]]
+                if rows.shape != (shard["count"], D) or rows.dtype != storage_numpy_dtype(saved):
+                    raise CheckpointError(f"{path}: holds {rows.dtype} {rows.shape}, the manifest says {saved} "
+                                          f"({shard['count']}, {D})")
+                convert_rows(rows[lo - shard["start"]:hi - shard["start"]], saved, dtype, out=out[lo - start:hi - start])
             filled += hi - lo
         if filled != count:
             raise CheckpointError(f"{self.path}: its shards cover {filled} of classes [{start}, {start + count})")

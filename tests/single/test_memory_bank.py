@@ -1,0 +1,150 @@
+"""Compact storage of the memory bank: rounding, sizes, chunked creation, row access on both storages."""
+import tracemalloc
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from partial_fc import memory_bank
+from partial_fc.memory_bank import (MemoryBank, bank_bytes, convert_rows, format_memory_plan, from_float32,
+                                    memory_plan, to_float32)
+from partial_fc.sampler import Sample
+
+
+def bf16_oracle(x: np.ndarray) -> np.ndarray:
+    """Nearest bfloat16 by comparing both neighbours in float64 (ties: even last bit); no bit tricks. The
+    neighbour past the largest finite value is inf, which IEEE rounding treats as 2^128 for the distance."""
+    def value(b):
+        if b & 0x7FFF == 0x7F80:
+            return -(2.0 ** 128) if b & 0x8000 else 2.0 ** 128
+        return float((np.uint32(b) << np.uint32(16)).view(np.float32))
+
+    out = np.empty(x.shape, np.uint16)
+    for i, v in enumerate(x):
+        if np.isnan(v):
+            out[i] = 0xFFC0 if np.signbit(v) else 0x7FC0
+            continue
+        lo = int(np.float32(v).view(np.uint32) >> 16)                   # truncation: toward zero
+        if np.isinf(v):
+            out[i] = lo
+            continue
+        d_lo, d_hi = abs(float(v) - value(lo)), abs(value(lo + 1) - float(v))
+        out[i] = lo if d_lo < d_hi or (d_lo == d_hi and lo % 2 == 0) else lo + 1
+    return out
+
+
+def test_bfloat16_rounds_to_nearest_even_and_keeps_specials():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(3000) * 10.0 ** rng.integers(-40, 38, 3000)).astype(np.float32)
+    one = np.float32(1.0).view(np.uint32)
+    ties = ((np.arange(64, dtype=np.uint32) << 16) | 0x8000) + one          # exactly halfway cases
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.finfo(np.float32).max, -np.finfo(np.float32).max,
+                         1e-45, -1e-40, 3.3895314e38, 3.3961776e38], np.float32)
+    x = np.concatenate([x, ties.view(np.float32), specials])
+    got = from_float32(x, "bfloat16")
+    assert np.array_equal(got, bf16_oracle(x))
+    # Ties go to even: 1 + 2^-8 (halfway between 1 and the next bf16) rounds down, 1 + 3*2^-8 up.
+    assert to_float32(from_float32(np.float32([1 + 2 ** -8, 1 + 3 * 2 ** -8]), "bfloat16"), "bfloat16").tolist() \
+        == [1.0, 1 + 2 ** -6]
+    assert np.isposinf(to_float32(from_float32(np.float32([3.4e38]), "bfloat16"), "bfloat16")[0])  # overflow
+    nan = np.array([np.nan, -np.nan], np.float32)
+    nan[0] = np.uint32(0x7F800001).view(np.float32)    # a NaN whose payload the carry would turn into inf
+    assert np.isnan(to_float32(from_float32(nan, "bfloat16"), "bfloat16")).all()
+    # Widening is exact: every bf16 value survives a round trip.
+    bits = np.arange(0, 1 << 16, dtype=np.uint16)
+    finite = np.isfinite(to_float32(bits, "bfloat16"))
+    assert np.array_equal(from_float32(to_float32(bits, "bfloat16"), "bfloat16")[finite], bits[finite])
+
+
+def test_float16_is_numpys_rounding():
+    x = np.random.default_rng(1).standard_normal(1000).astype(np.float32) * 1e3
+    assert np.array_equal(from_float32(x, "float16"), x.astype(np.float16))
+
+
+@pytest.mark.parametrize("storage", ["device", "host"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_bank_bytes_is_the_real_size(storage, dtype):
+    bank = MemoryBank.create(37, 24, storage=storage, dtype=dtype)
+    w, m = bank.numpy()
+    assert bank_bytes(37, 24, dtype) == w.nbytes + m.nbytes == bank.nbytes
+    assert bank_bytes(10_000_000 // 2, 512, "float16") == 10_240_000_000   # the 10 M-class shard at W = 2
+
+
+@pytest.mark.parametrize("storage", ["device", "host"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_create_in_chunks_equals_one_whole_draw_rounded(storage, dtype, monkeypatch):
+    monkeypatch.setattr(memory_bank, "CONVERT_ROWS", 7)   # several chunks and a ragged last one
+    bank = MemoryBank.create(30, 5, seed=3, rank=1, std=0.01, storage=storage, dtype=dtype)
+    whole = np.random.default_rng([3, 1, 0x6261_6e6b]).standard_normal(size=(30, 5), dtype=np.float32) * np.float32(0.01)
+    w, m = bank.numpy()
+    assert np.array_equal(w, from_float32(whole, dtype)) and not m.any()
+
+
+def test_create_never_holds_the_shard_in_float32(monkeypatch):
+    monkeypatch.setattr(memory_bank, "CONVERT_ROWS", 256)
+    count, dim = 40_000, 64
+    tracemalloc.start()
+    bank = MemoryBank.create(count, dim, storage="host", dtype="float16")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert bank.nbytes == bank_bytes(count, dim, "float16")
+    # The bank itself plus a few chunks; a whole float32 draw would add count * dim * 4 = 10 MB.
+    assert peak < bank.nbytes + count * dim * 4 // 4
+
+
+@pytest.mark.parametrize("storage", ["device", "host"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_rows_are_widened_exactly_and_written_back_rounded(storage, dtype):
+    rng = np.random.default_rng(2)
+    w32 = rng.standard_normal((20, 6)).astype(np.float32)
+    bank = MemoryBank(w32, storage=storage, dtype=dtype, lr_momentum=0.0, wd=0.0)
+    stored = from_float32(w32, dtype)
+    sample = Sample(index=np.array([1, 4, 5, 11, 19]), labels=np.zeros(0, np.int64), full=False)
+    got = bank.gather_rows(sample, 1, 4)
+    assert got.dtype == np.float32
+    assert np.array_equal(got.asnumpy(), to_float32(stored[[4, 5, 11]], dtype))
+    # lr 1, no momentum, no decay: w <- w - g; with g = w - target the rows become `target`, rounded once.
+    target = rng.standard_normal((3, 6)).astype(np.float32)
+    bank.update_rows(sample, 1, 4, mx.nd.array(to_float32(stored[[4, 5, 11]], dtype) - target), 1.0)
+    w, _ = bank.numpy()
+    expect = stored.copy()
+    expect[[4, 5, 11]] = from_float32(to_float32(stored[[4, 5, 11]], dtype)
+                                      - (to_float32(stored[[4, 5, 11]], dtype) - target), dtype)
+    assert np.array_equal(w, expect)
+
+
+def test_convert_rows_between_dtypes():
+    x = np.random.default_rng(4).standard_normal((10, 3)).astype(np.float32)
+    h = convert_rows(x, "float32", "float16")
+    b = convert_rows(h, "float16", "bfloat16")
+    assert h.dtype == np.float16 and b.dtype == np.uint16
+    assert np.array_equal(b, from_float32(h.astype(np.float32), "bfloat16"))
+    assert np.array_equal(convert_rows(b, "bfloat16", "float32"), to_float32(b, "bfloat16"))
+
+
+def test_bad_dtype_and_inputs():
+    with pytest.raises(ValueError, match="unknown memory bank dtype 'int8'"):
+        MemoryBank.create(3, 2, dtype="int8")
+    with pytest.raises(ValueError, match="must be floating point"):
+        MemoryBank(np.zeros((3, 2), np.int32), dtype="float16")
+
+
+def test_memory_plan_uses_bank_bytes_and_shard_sizes():
+    p = memory_plan(100_000_000, 8, 512, "float16", 0.1, 64)
+    assert p["n_local"] == 12_500_000 and p["sampled"] == 1_250_000 and p["global_batch"] == 512
+    assert p["bank_bytes"] == bank_bytes(12_500_000, 512, "float16") == p["centers_bytes"] + p["momentum_bytes"]
+    assert p["logits_bytes"] == 512 * 1_250_000 * 4
+    assert memory_plan(100_000_000, 8, 512, "float32")["bank_bytes"] == 2 * p["bank_bytes"]
+    uneven = memory_plan(10, 3, 4, "float32", 1.0, 1)
+    assert uneven["n_local"] == 4                                   # the largest shard
+    table = format_memory_plan([p])
+    assert table.count("\n") == 3 and "12,500,000" in table
+
+
+def test_config_bank_dtype():
+    from partial_fc import config
+
+    assert config.load({}).bank_dtype == "float32"
+    assert config.load({"PFC_BANK_DTYPE": "bfloat16"}).bank_dtype == "bfloat16"
+    with pytest.raises(config.ConfigError, match="PFC_BANK_DTYPE must be 'float32', 'float16' or 'bfloat16'"):
+        config.load({"PFC_BANK_DTYPE": "fp16"})
