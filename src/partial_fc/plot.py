@@ -98,7 +98,8 @@ def draw(series: Series, out: str, title: str = "") -> dict:
     ax.grid(alpha=0.3)
     if series.lr[0]:
         lr_ax = ax.twinx()
-        lr_ax.plot(series.lr[0], series.lr[1], color="tab:orange", linestyle="--", label="lr", gid="lr")
+        lr_ax.plot(series.lr[0], series.lr[1], color="tab:orange", linestyle="--", label="lr", gid="lr",
+                   drawstyle="steps-pre")  # a report's lr held since the previous report
         if all(v > 0 for v in series.lr[1]):
             lr_ax.set_yscale("log")
         lr_ax.set_ylabel("learning rate", color="tab:orange")
