@@ -66,6 +66,18 @@ def test_train_bench_one_worker_report_is_consistent(tmp_path):
     assert sum(line.lstrip().startswith("1,000") for line in table.splitlines()) == 2
 
 
+def test_points_that_do_not_fit_in_memory_are_skipped_not_run(monkeypatch):
+    monkeypatch.setattr(bench.fc, "available_memory", lambda: 1 << 20)
+    monkeypatch.setattr(bench.subprocess, "Popen", None)  # launching anything would fail the test
+    out = io.StringIO()
+    report = bench.run([1000, 2000], [1.0, 0.1], workers=2, batch=4, dim=8, out=out, log=io.StringIO())
+    assert report["results"] == []
+    assert [(s["classes"], s["rates"]) for s in report["skipped"]] == [(1000, [1.0]), (1000, [0.1]), (2000, [1.0]),
+                                                                      (2000, [0.1])]
+    assert all(s["needs_bytes"] > s["available_bytes"] == 1 << 20 for s in report["skipped"])
+    assert out.getvalue().count("skipped: needs") == 4
+
+
 def test_timed_steps_come_from_the_metrics_file(tmp_path):
     path = tmp_path / "metrics.jsonl"
     lines = [{"step": s, "loss": 1.0, "samples_per_s": 8.0 / s, "fc_s": 0.1 * s} for s in (1, 2, 3, 4)]
@@ -121,8 +133,8 @@ def test_the_copy_gives_image_record_iter_exactly_our_pixels(faces, tmp_path):
 
 def test_io_bench_report_is_consistent(faces, tmp_path):
     out = io.StringIO()
-    report = bench.run_io(str(faces), batch=4, threads=[1, 2], batches=2, as_json=True, out=out, log=io.StringIO(),
-                          workdir=str(tmp_path))
+    report = bench.run_io(str(faces), batch=4, threads=[1, 2], batches=2, repeat=3, as_json=True, out=out,
+                          log=io.StringIO(), workdir=str(tmp_path))
     assert json.loads(out.getvalue()) == json.loads(json.dumps(report))
     assert report["config"]["images"] == 12 and report["config"]["source_rec_layout"] == "insightface"
     rows = report["results"]
@@ -131,6 +143,7 @@ def test_io_bench_report_is_consistent(faces, tmp_path):
         for side in (r["reader"], r["image_record_iter"]):
             assert side["images"] == 12 and side["shape"] == [4, 3, 112, 112] and side["dtype"] == "float32"
             assert side["images_per_s"] == pytest.approx(side["images"] / side["seconds"])
+            assert len(side["seconds_all"]) == 3 and side["seconds"] == statistics.median(side["seconds_all"])
         assert r["image_record_iter"]["threads"] == bench.image_record_iter_threads(r["reader"]["threads"])
         assert r["equal_threads"] == (r["reader"]["threads"] == r["image_record_iter"]["threads"])
         assert r["ratio"] == pytest.approx(r["reader"]["images_per_s"] / r["image_record_iter"]["images_per_s"])
@@ -143,11 +156,12 @@ def test_io_bench_report_is_consistent(faces, tmp_path):
 
 def test_io_bench_too_few_images_is_an_error(faces):
     with pytest.raises(BenchError, match=r"train\.rec: 48 images, fewer than the 64"):
-        bench.run_io(str(faces), batch=8, threads=[1], batches=7, out=io.StringIO(), log=io.StringIO())
+        bench.run_io(str(faces), batch=8, threads=[1], batches=7, repeat=1, out=io.StringIO(), log=io.StringIO())
 
 
 def test_io_bench_writes_synthetic_data_without_a_data_dir():
-    p = _cli("bench", "train", "--test-io", "--batch", "2", "--batches", "1", "--threads", "1", "--json")
+    p = _cli("bench", "train", "--test-io", "--batch", "2", "--batches", "1", "--threads", "1", "--repeat", "1",
+             "--json")
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
     assert report["config"]["data"].startswith("synthetic") and len(report["results"]) == 2

@@ -18,7 +18,7 @@ dropped; of the next `steps` steps the medians are reported per (N, r):
 The waits around the head slightly serialise the step (the head can no longer overlap the backbone's queued
 work), so samples/s is that of a profiled run; a run without PFC_PROFILE is at least as fast.
 A point whose estimated memory (every worker's bank, step temporaries and backbone) exceeds MemAvailable is
-skipped with a line saying what it needs.
+skipped with a line saying what it needs. The backbone estimate is mbf's on CPU; other networks need more.
 
 Reader (--test-io). MXNet's ImageRecordIter cannot read an insightface rec: record 0 is a header with an
 empty image (its decoder fails on it: OpenCV's `!buf.empty()` assertion), and the identity records after
@@ -58,13 +58,16 @@ from .fc import BenchError
 DEFAULT_CLASSES = (100_000, 1_000_000)
 DEFAULT_RATES = (1.0, 0.1)
 DEFAULT_WORKERS = 2
-DEFAULT_BATCH = 64          # per worker: B_global = 128 at 2 workers, as in bench fc
+# Per worker. The trainer's mbf on CPU peaks at about 0.26 GiB + 0.13 GiB per image of its batch (resident,
+# measured with MXNet 1.9.1: 2.3 GiB at batch 16, 4.3 at 32, 8.4 at 64), so 2 workers at 64 would not fit
+# next to a 1e6-class bank on a 24 GiB machine; 16 keeps the default run within one.
+DEFAULT_BATCH = 16
 DEFAULT_DIM = 512
 DEFAULT_NETWORK = "mbf"
 DEFAULT_WARMUP, DEFAULT_STEPS = 2, 5
-BACKBONE_BYTES = int(0.5 * fc.GIB)   # one mbf worker at batch 64: parameters, activations, MXNet itself
+BACKBONE_BYTES, BACKBONE_BYTES_PER_IMAGE = int(0.26 * fc.GIB), int(0.13 * fc.GIB)  # mbf on CPU, see above
 
-DEFAULT_IO_BATCH, DEFAULT_IO_THREADS, DEFAULT_IO_BATCHES = 64, (1, 2), 50
+DEFAULT_IO_BATCH, DEFAULT_IO_THREADS, DEFAULT_IO_BATCHES, DEFAULT_IO_REPEAT = 64, (1, 2), 50, 5
 
 
 def run(classes=DEFAULT_CLASSES, rates=DEFAULT_RATES, workers=DEFAULT_WORKERS, batch=DEFAULT_BATCH,
@@ -100,7 +103,8 @@ def run(classes=DEFAULT_CLASSES, rates=DEFAULT_RATES, workers=DEFAULT_WORKERS, b
         for n in classes:
             count = shard_range(n, workers, 0)[1]
             for r in rates:
-                need = workers * (fc.step_bytes(count, dim, [r], batch * workers, bank_dtype) + BACKBONE_BYTES)
+                need = workers * (fc.step_bytes(count, dim, [r], batch * workers, bank_dtype) + BACKBONE_BYTES
+                                  + BACKBONE_BYTES_PER_IMAGE * batch)
                 have = fc.available_memory()
                 if have is not None and need > have:
                     record = fc.skip_record(count, [r], need, have, log)
@@ -259,19 +263,19 @@ def format_table(report: dict) -> str:
 
 # ---- the reader against mx.io.ImageRecordIter ------------------------------------------------------------
 
-def run_io(data_dir=None, batch=DEFAULT_IO_BATCH, threads=DEFAULT_IO_THREADS, batches=DEFAULT_IO_BATCHES, *,
-           seed=0, as_json=False, out=None, log=None, workdir=None) -> dict:
+def run_io(data_dir=None, batch=DEFAULT_IO_BATCH, threads=DEFAULT_IO_THREADS, batches=DEFAULT_IO_BATCHES,
+           repeat=DEFAULT_IO_REPEAT, *, seed=0, as_json=False, out=None, log=None, workdir=None) -> dict:
     """Images/s of data.FaceIter and of mx.io.ImageRecordIter on the same images, with and without flips.
 
     data_dir: a dataset folder (train.rec/.idx) or .rec; None writes a small synthetic one first.
     threads: decode thread counts to compare at. Each reader decodes (batches + 1) * batch images per
-    measurement. Returns the report."""
+    measurement; the readers alternate `repeat` times and the median seconds count. Returns the report."""
     from .. import data
 
     out, log = out or sys.stdout, log or sys.stderr
     threads = sorted({int(t) for t in ([threads] if isinstance(threads, int) else threads)})
-    if min(batch, batches) < 1 or not threads or threads[0] < 1:
-        raise BenchError("batch, threads and batches must be >= 1")
+    if min(batch, batches, repeat) < 1 or not threads or threads[0] < 1:
+        raise BenchError("batch, threads, batches and repeat must be >= 1")
     images = (batches + 1) * batch
     t_start = time.perf_counter()
     base = tempfile.mkdtemp(prefix="pfc-bench-io-", dir=workdir)
@@ -294,10 +298,11 @@ def run_io(data_dir=None, batch=DEFAULT_IO_BATCH, threads=DEFAULT_IO_THREADS, ba
         for flip in (False, True):
             for t in threads:
                 where = f"bench train --test-io: flip={flip} threads={t}"
-                print(f"{where}: our reader ...", file=log, flush=True)
-                ours = time_face_iter(copy, batch, t, batches + 1, flip, seed)
-                print(f"{where}: mx.io.ImageRecordIter ...", file=log, flush=True)
-                theirs = time_image_record_iter(copy, batch, t, batches + 1, flip, seed)
+                print(f"{where}: our reader and mx.io.ImageRecordIter, {repeat} time(s) each ...", file=log,
+                      flush=True)
+                runs = [(time_face_iter(copy, batch, t, batches + 1, flip, seed + k),
+                         time_image_record_iter(copy, batch, t, batches + 1, flip, seed + k)) for k in range(repeat)]
+                ours, theirs = _median_run([a for a, _ in runs]), _median_run([b for _, b in runs])
                 if (ours["shape"], ours["dtype"]) != (theirs["shape"], theirs["dtype"]):
                     raise BenchError(f"the readers disagree on the batch: ours {ours['shape']} {ours['dtype']}, "
                                      f"ImageRecordIter {theirs['shape']} {theirs['dtype']}")
@@ -311,7 +316,7 @@ def run_io(data_dir=None, batch=DEFAULT_IO_BATCH, threads=DEFAULT_IO_THREADS, ba
         "machine": fc.machine_info(),
         "config": {"data": data_dir or "synthetic (partial-fc synth)", "source_rec_layout": layout,
                    "source_rec": source_rec if data_dir else None, "images": images, "batch": batch,
-                   "batches": batches + 1, "threads": threads, "seed": seed,
+                   "batches": batches + 1, "threads": threads, "repeat": repeat, "seed": seed,
                    "image_record_iter_max_threads": image_record_iter_threads(max(threads)),
                    "order": "random, each image once"},
         "results": rows,
@@ -383,6 +388,13 @@ def time_image_record_iter(rec: str, batch: int, threads: int, batches: int, fli
                       image_record_iter_threads(threads))
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """One reader's result over repeats: the median seconds, with every repeat's seconds alongside."""
+    seconds = [r["seconds"] for r in runs]
+    return {**runs[0], "seconds": statistics.median(seconds), "seconds_all": seconds,
+            "images_per_s": runs[0]["images"] / statistics.median(seconds)}
+
+
 def _io_result(images, seconds, shape, dtype, kind, threads) -> dict:
     return {"images": images, "seconds": seconds, "images_per_s": images / seconds, "threads": threads,
             "shape": list(shape), "dtype": str(np.dtype(dtype)), "type": kind}
@@ -394,7 +406,7 @@ def format_io_table(report: dict) -> str:
     lines = [
         f"partial-fc bench train --test-io: decode throughput on {c['images']} images ({c['batches']} batches "
         f"of {c['batch']}, {shape} float32) from {c['data']} (copied to an im2rec-layout rec that both read); "
-        f"prefetch 2 x threads (at least 2) for both",
+        f"prefetch 2 x threads (at least 2) for both; median of {c['repeat']} alternating runs",
         *fc.machine_lines(report["machine"]),
         "",
     ]
