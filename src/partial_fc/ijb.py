@@ -286,12 +286,12 @@ def run(model_spec: str, root: str, *, target: str = "IJBC", roc: str | None = N
         batch_size: int = 32, gpu: int | None = None, stream=None) -> dict:
     """Evaluate; returns the result dict (what --json prints) and writes the ROC PNG."""
     from .verification import Verifier
-    from .verify import _context, load_model
+    from .verify import context, load_model
 
     stream = stream or sys.stderr
     target = target.upper()
     layout = read_layout(root, target)
-    ctx = _context(gpu)
+    ctx = context(gpu)
     model = load_model(model_spec, ctx)
     verifier = Verifier([], model.symbol, batch_size=batch_size, ctx=ctx)
     verifier.set_params(model.arg_params, model.aux_params)

@@ -42,10 +42,16 @@ class Model:
     step: int | None     # the trainer step (None for a plain MXNet model)
 
 
-def _context(gpu: int | None):
+def context(gpu: int | None):
     import mxnet as mx
 
-    return mx.cpu() if gpu is None else mx.gpu(gpu)
+    from .config import ConfigError
+
+    if gpu is None:
+        return mx.cpu()
+    if not 0 <= gpu < mx.context.num_gpus():
+        raise ConfigError(f"--gpu {gpu}: MXNet sees {mx.context.num_gpus()} GPU(s) on this machine")
+    return mx.gpu(gpu)
 
 
 def _load_params(path: str) -> tuple[dict, dict]:
@@ -109,7 +115,7 @@ def _trainer_checkpoint(path: str, ctx) -> Model:
 
 def load_model(spec: str, ctx=None) -> Model:
     """Resolve MODEL (see the module doc) to a graph and its parameters; CheckpointError when it cannot."""
-    ctx = ctx or _context(None)
+    ctx = ctx or context(None)
     if os.path.isdir(spec):
         manifest = checkpoint.latest(spec)
         if manifest is None:
@@ -176,7 +182,7 @@ def run(model_spec: str, bins: list[str], *, batch_size: int = 32, gpu: int | No
     paths = bin_paths(bins)
     for path in paths:  # every set is checked before the long part starts
         load_pairs(path)
-    ctx = _context(gpu)
+    ctx = context(gpu)
     model = load_model(model_spec, ctx)
     verifier = Verifier([], model.symbol, batch_size=batch_size, ctx=ctx)
     verifier.set_params(model.arg_params, model.aux_params)

@@ -53,7 +53,8 @@ def make_layout(root, target="ijbc", seed=0):
                     score = float(rng.uniform(0.5, 1.0))
                     faces.append(f"{name} {tid} {media}")
                     marks.append(" ".join([name] + [f"{v:.3f}" for v in points.ravel()] + [f"{score:.5f}"]))
-                    names.append(name), templates.append(tid), medias.append(media), scores.append(float(f"{score:.5f}"))
+                    names.append(name), templates.append(tid), medias.append(media)
+                    scores.append(float(f"{score:.5f}"))  # as written
                     n += 1
     tids = sorted(template_identity)
     pairs = [(a, b) for k, a in enumerate(tids) for b in tids[k + 1:]]
