@@ -158,8 +158,7 @@ def _settings(n, r, batch, dim, network, total_steps, seed, workers, bank_dtype,
         "PFC_BATCH_SIZE": str(batch), "PFC_MAX_STEPS": str(total_steps), "PFC_LR_STEPS": "",
         "PFC_WARMUP_STEPS": "0", "PFC_FREQUENT": "1", "PFC_SAVE_CHECKPOINTS": "0", "PFC_TENSORBOARD": "0",
         "PFC_PROFILE": "1", "PFC_SEED": str(seed), "PFC_FP16": "0", "PFC_MEMORY_BANK": "device",
-        "PFC_BANK_DTYPE": bank_dtype,
-        "PFC_DROPOUT": "0", "PFC_COMM": "local" if workers == 1 else "horovod",
+        "PFC_BANK_DTYPE": bank_dtype, "PFC_DROPOUT": "0", "PFC_COMM": "local" if workers == 1 else "horovod",
     }
 
 
