@@ -72,15 +72,16 @@ def load_pairs(path: str) -> tuple[list[bytes], np.ndarray]:
     return list(images), issame
 
 
-def decode(images: list[bytes], path: str = "", size=(112, 112)) -> np.ndarray:
-    """Encoded images -> float32 [n, 3, H, W] RGB 0..255 (the network normalises inside its graph)."""
+def decode(images: list[bytes], path: str = "", size=(112, 112), first: int = 0) -> np.ndarray:
+    """Encoded images -> float32 [n, 3, H, W] RGB 0..255 (the network normalises inside its graph).
+    `first`: the index of images[0] in its set, for the error message."""
     import cv2
 
     out = np.empty((len(images), 3) + tuple(size), dtype=np.float32)
     for i, b in enumerate(images):
         img = cv2.imdecode(np.frombuffer(b, dtype=np.uint8), cv2.IMREAD_COLOR)
         if img is None:
-            raise BinError(f"{path}: image {i} cannot be decoded")
+            raise BinError(f"{path}: image {first + i} cannot be decoded")
         if img.shape[:2] != tuple(size):
             img = cv2.resize(img, (size[1], size[0]))
         out[i] = img[:, :, ::-1].transpose(2, 0, 1)
@@ -208,10 +209,14 @@ class Verifier:
 
     def score(self, name: str, images: np.ndarray, issame: np.ndarray, progress=None) -> Result:
         """The protocol on one set with the current parameters: images [2P, 3, H, W], issame [P]."""
-        emb = self.embed(images, progress)
-        acc, std, xnorm, thr = evaluate(emb, issame)
-        tar = float(tar_at_far(-distances(emb), issame, [FAR])[0])
-        return Result(name, acc, std, xnorm, thr, len(issame), tar)
+        return result(name, self.embed(images, progress), issame)
+
+
+def result(name: str, embeddings: np.ndarray, issame: np.ndarray) -> Result:
+    """The whole report of one set from its flip-summed embeddings [2P, D]."""
+    acc, std, xnorm, thr = evaluate(embeddings, issame)
+    tar = float(tar_at_far(-distances(embeddings), issame, [FAR])[0])
+    return Result(name, acc, std, xnorm, thr, len(issame), tar)
 
 
 def table(results: list[Result], step: int | None = None) -> str:

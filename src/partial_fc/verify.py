@@ -13,8 +13,9 @@ in the form this machine runs best (the CPU PReLU variant, fp32 on a CPU even fo
 parameters are the same. A plain MXNet model (e.g. an insightface release) brings its own graph; when it
 still has the training head, its `fc1` output is used. Either way the input is `data`, RGB 0..255.
 
-BIN may be a folder: every *.bin in it. Sets are read and embedded one at a time, so memory holds one
-decoded set (12,000 LFW images: 1.8 GB as float32).
+BIN may be a folder: every *.bin in it. Sets are read one at a time and decoded DECODE_CHUNK images at a
+time, so memory holds one set's encoded bytes plus one chunk of pixels (a whole decoded LFW, 12,000
+images as float32, would be 1.8 GB).
 """
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ import re
 import sys
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import checkpoint
 from .checkpoint import CheckpointError
-from .verification import FAR, BinError, Verifier, decode, load_pairs, table
+from .verification import FAR, BinError, Verifier, decode, load_pairs, result, table
 
 EMBEDDING_OUTPUT = "fc1_output"
+DECODE_CHUNK = 1024   # images decoded at once: 1024 x 3 x 112 x 112 float32 = 154 MB
 
 
 @dataclass
@@ -190,8 +194,14 @@ def run(model_spec: str, bins: list[str], *, batch_size: int = 32, gpu: int | No
     for path in paths:
         name = os.path.splitext(os.path.basename(path))[0]
         images, issame = load_pairs(path)
-        print(f"verify: {name}: {len(issame)} pairs, {len(images)} images x 2 (flip)", file=stream, flush=True)
-        results.append(verifier.score(name, decode(images, path), issame, progress=_progress(name, stream)))
+        n = len(images)
+        print(f"verify: {name}: {len(issame)} pairs, {n} images x 2 (flip)", file=stream, flush=True)
+        show = _progress(name, stream)
+        emb = []
+        for start in range(0, n, DECODE_CHUNK):
+            pixels = decode(images[start:start + DECODE_CHUNK], path, first=start)
+            emb.append(verifier.embed(pixels, lambda done, _, s=start: show(s + done, n)))
+        results.append(result(name, np.concatenate(emb), issame))
         del images
     return model, results
 

@@ -56,8 +56,9 @@ def test_verify_reproduces_the_accuracy_the_trainer_logged(trained, capsys):
 
 
 @pytest.mark.parametrize("form", ["manifest", "prefix,epoch"])
-def test_a_manifest_and_a_plain_mxnet_model_give_the_same_numbers(trained, capsys, form):
+def test_a_manifest_and_a_plain_mxnet_model_give_the_same_numbers(trained, capsys, monkeypatch, form):
     data, out, logged = trained
+    monkeypatch.setattr(verify, "DECODE_CHUNK", 11)  # sets decoded in chunks, batches across their ends
     model = {"manifest": out / f"model-{STEPS:04d}.json", "prefix,epoch": f"{out / 'model'},{STEPS}"}[form]
     bins = [data] if form == "manifest" else [data / "synth_val.bin"]  # a folder stands for every *.bin
     rc, stdout, err = _verify([model, *bins, "--json", "--batch-size", "7"], capsys)
@@ -121,6 +122,12 @@ def test_bad_input_is_one_line_and_nonzero(trained, tmp_path, capsys, monkeypatc
         assert len(err.strip().splitlines()) == 1 and err.startswith("partial-fc: error: "), err
         assert message.replace(".", "") in err.replace(".", ""), (message, err)
     assert not (tmp_path / "PWNED").exists()
+    images, issame = pickle.loads((data / "synth_val.bin").read_bytes())
+    images[13] = b"not an image"
+    (tmp_path / "broken.bin").write_bytes(pickle.dumps((images, issame), protocol=4))
+    monkeypatch.setattr(verify, "DECODE_CHUNK", 5)
+    rc, _, err = _verify([out, tmp_path / "broken.bin"], capsys)
+    assert rc == 1 and err.strip().splitlines()[-1].endswith("broken.bin: image 13 cannot be decoded"), err
     assert _verify([out, data, "--gpu", "7"], capsys)[:2] == (2, "")  # a setting this machine cannot honour
 
 
