@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from partial_fc.margin import PRESETS, Margin
-from partial_fc.memory_bank import MemoryBank
+from partial_fc.memory_bank import MemoryBank, from_float32, to_float32
 from partial_fc.partial_fc import PartialFC
 from partial_fc.sampler import CenterSampler
 from partial_fc.sharding import shard_range
@@ -130,3 +130,51 @@ def test_many_steps_keep_matching(comm):
         assert_close(out.loss, ref.loss, what=f"loss at step {step}")
         w_ref[ids], m_ref[ids] = sgd_momentum(w_ref[ids], m_ref[ids], ref.dW, LR, MU, WD)
     assert_close(bank.numpy()[0], w_ref[start:start + count], what="centers after 3 steps")
+
+
+@pytest.mark.parametrize("storage", ["device", "host"])
+@pytest.mark.parametrize("rate", [1.0, 0.3])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_chunked_step_with_each_bank_dtype_equals_dense_reference(comm, dtype, rate, storage):
+    """Sampled rows in chunks of 4 (several per shard, a ragged last one) and each storage dtype. The
+    reference sees the centers as the bank stores them (rounded for compact dtypes); the update must be
+    float32 math on the stored rows rounded once (within 1 ulp for MXNet's own operation order)."""
+    W_, k = comm.size, comm.rank
+    F, Y, Wc, mom = problem(W_)
+    Wc, mom = to_float32(from_float32(Wc, dtype), dtype), to_float32(from_float32(mom, dtype), dtype)
+    margins = PRESETS["arcface"]
+    start, count = shard_range(C, W_, k)
+    bank = MemoryBank(Wc[start:start + count], mom[start:start + count], storage=storage, lr_momentum=MU, wd=WD,
+                      dtype=dtype)
+    op = PartialFC(comm, C, D, Margin(4.0, *margins), rate, bank=bank, seed=SEED, chunk_rows=4)
+    rows = slice(k * B, (k + 1) * B)
+    out = op.forward_backward(mx.nd.array(F[rows]), Y[rows], STEP)
+    assert len(op._chunks(out.sample.index.size)) > 1
+    grad = out.center_grad.asnumpy()
+    op.update(out, LR)
+
+    classes = sampled_classes(Y, W_, rate)
+    ref = dense(F, Y, Wc[classes], classes, margins, 4.0)
+    assert_close(out.loss, ref.loss, what="loss")
+    assert_close(out.feature_grad.asnumpy(), ref.dF[rows], what="feature gradient")
+    mine = np.isin(classes, start + out.sample.index)
+    assert_close(grad, ref.dW[mine], what="center gradient")
+
+    idx = out.sample.index
+    w_new, m_new = bank.numpy_float32()
+    if dtype == "float32":
+        w_ref, m_ref = sgd_momentum(Wc[start + idx].astype(np.float64), mom[start + idx].astype(np.float64),
+                                    ref.dW[mine], LR, MU, WD)
+        assert_close(w_new[idx], w_ref, what="centers after update")
+        assert_close(m_new[idx], m_ref, what="momentum after update")
+    else:
+        w, m = Wc[start + idx], mom[start + idx]
+        m = MU * m - np.float32(LR) * (grad + np.float32(WD) * w)
+        for got, want in ((w_new[idx], w + m), (m_new[idx], m)):
+            want = to_float32(from_float32(want, dtype), dtype)
+            ulp = np.abs(want) * 2.0 ** (-10 if dtype == "float16" else -7)
+            assert np.all(np.abs(got - want) <= ulp + 1e-7)
+            assert np.mean(got == want) > 0.95
+    untouched = np.setdiff1d(np.arange(count), idx)
+    assert np.array_equal(w_new[untouched], Wc[start + untouched])
+    assert np.array_equal(m_new[untouched], mom[start + untouched])
