@@ -15,10 +15,20 @@ def replace(path: str, write) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _sync_dir(os.path.dirname(path) or ".")
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _sync_dir(folder: str) -> None:
+    """Make the rename itself durable: without it a power cut can lose the new directory entry."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -41,11 +41,9 @@ def _stem(output: str, step: int) -> str:
     return os.path.join(output, f"{PREFIX}-{step:04d}")
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-    atomic.replace(path, write)
+def _write_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array)
 
 
 def save(output: str, step: int, *, comm, symbol, arg_params: dict, aux_params: dict, save_states,
@@ -73,21 +71,27 @@ def save(output: str, step: int, *, comm, symbol, arg_params: dict, aux_params: 
     if comm.rank == 0:
         mine += [stem + ".params", stem + ".states"]
 
+    writing = [shard_dir]  # the file being written, for the error message (MXNet's errors do not name it)
+
+    def write(path, how):
+        writing[0] = path
+        atomic.replace(path, how)
+
     def write_part():
         os.makedirs(shard_dir, exist_ok=True)
         weight, momentum = centers
-        _save_npy(mine[0], weight)
-        _save_npy(mine[1], momentum)
+        write(mine[0], lambda tmp: _write_npy(tmp, weight))
+        write(mine[1], lambda tmp: _write_npy(tmp, momentum))
         if comm.rank == 0:
-            atomic.replace(os.path.join(output, f"{PREFIX}-symbol.json"), symbol.save)
+            write(os.path.join(output, f"{PREFIX}-symbol.json"), symbol.save)
             params = {f"arg:{k}": v for k, v in arg_params.items()}
             params.update({f"aux:{k}": v for k, v in aux_params.items()})
-            atomic.replace(stem + ".params", lambda tmp: mx.nd.save(tmp, params))
-            atomic.replace(stem + ".states", save_states)
+            write(stem + ".params", lambda tmp: mx.nd.save(tmp, params))
+            write(stem + ".states", save_states)
 
     # Horovod: the manifest may only name files that every rank has finished writing, and a rank that could
     # not write (a full disk) must stop every rank, not leave them waiting.
-    _agree(comm, "pfc.checkpoint_written", step, output, write_part, mine)
+    _agree(comm, "pfc.checkpoint_written", step, output, write_part, mine, writing)
 
     def commit():
         shards = []
@@ -99,16 +103,21 @@ def save(output: str, step: int, *, comm, symbol, arg_params: dict, aux_params: 
         doc = dict(meta, step=step, world_size=comm.size, symbol=f"{PREFIX}-symbol.json", bank_dtype=bank_dtype,
                    params=os.path.basename(stem + ".params"), states=os.path.basename(stem + ".states"),
                    shards=shards)
+        writing[0] = manifest
         atomic.write_text(manifest, json.dumps(doc, indent=1, sort_keys=True))
-        _prune(output, keep)
 
     # Horovod: nobody returns before the manifest exists, or a rank that goes on to resume (or to read the
     # newest checkpoint) could look before rank 0 has finished writing it.
-    _agree(comm, "pfc.checkpoint_committed", step, output, commit if comm.rank == 0 else None, mine)
+    _agree(comm, "pfc.checkpoint_committed", step, output, commit if comm.rank == 0 else None, mine, writing)
+    if comm.rank == 0:
+        try:
+            _prune(output, keep)
+        except OSError as e:  # the new checkpoint is complete; an old one left behind only costs space
+            print(f"partial-fc: warning: could not remove an old checkpoint: {e}", flush=True)
     return manifest
 
 
-def _agree(comm, name: str, step: int, output: str, work, files: list[str]) -> None:
+def _agree(comm, name: str, step: int, output: str, work, files: list[str], writing: list[str]) -> None:
     """Run `work` on this rank, then learn from every rank whether theirs succeeded (one collective).
 
     On any failure every rank removes its files of this step and raises CheckpointError: the save fails
@@ -136,12 +145,20 @@ def _agree(comm, name: str, step: int, output: str, work, files: list[str]) -> N
     previous = latest(output)
     keep = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
     if error is not None:
-        what = f"{getattr(error, 'filename', None) or ''}: {getattr(error, 'strerror', None) or str(error).splitlines()[0]}"
         raise CheckpointError(f"checkpoint at step {step} not saved: rank {comm.rank} could not write "
-                              f"{what.lstrip(': ')}; {keep} (free space, then resume with PFC_RESUME=1)")
+                              f"{writing[0]} ({_reason(error)}); {keep} (free space, then resume with PFC_RESUME=1)")
     ranks = ", ".join(str(k) for k in np.flatnonzero(failed))
     raise CheckpointError(f"checkpoint at step {step} not saved: rank(s) {ranks} could not write their part "
                           f"(their error names the file); {keep}")
+
+
+def _reason(error) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    # MXNet's message is a C++ traceback; its last line holds the check that failed.
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    last = lines[-1] if lines else type(error).__name__
+    return last.replace("MXNetError: ", "").replace("Check failed: ", "").replace("std: :", "std::")
 
 
 def remove_incomplete(output: str) -> list[str]:

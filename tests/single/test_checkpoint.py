@@ -19,6 +19,9 @@ class FakeComm:
     def barrier(self, name):
         pass
 
+    def allgather(self, x, name):
+        return x  # the save's "did every rank write its part" vote: this process writes every part
+
 
 def _save_world(out, step, centers, momentum, W, keep=3):
     sym = mx.sym.FullyConnected(mx.sym.var("data"), num_hidden=4, flatten=True, name="fc1")
