@@ -12,6 +12,14 @@ equal block of rows, so it undoes an allgather of equal-sized batches.
 """
 from __future__ import annotations
 
+import os
+import statistics
+import sys
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+
 import mxnet as mx
 import numpy as np
 
@@ -21,6 +29,7 @@ TRANSPORTS = ("horovod", "mpi", "local")
 class LocalComm:
     """A world of one process. Collectives return their input (a copy-free identity)."""
     rank, size, local_rank, transport = 0, 1, 0, "local"
+    last_collective = None
 
     def allgather(self, x, name):
         return x
@@ -41,6 +50,7 @@ class LocalComm:
 
 class HorovodComm:
     transport = "horovod"
+    last_collective = None
 
     def __init__(self):
         import horovod.mxnet as hvd
@@ -49,17 +59,21 @@ class HorovodComm:
         self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
 
     def allgather(self, x, name):
+        self.last_collective = name
         return self._hvd.allgather(x, name=name)
 
     def allreduce(self, x, op, name):
         hvd_op = {"sum": self._hvd.Sum, "max": self._hvd.Max}[_check_op(op)]
+        self.last_collective = name
         return self._hvd.allreduce(x, op=hvd_op, name=name)
 
     def reducescatter(self, x, name):
         # Horovod's default op is Average; the operator needs the plain sum of every rank's part.
+        self.last_collective = name
         return self._hvd.reducescatter(x, op=self._hvd.Sum, name=name)
 
     def broadcast(self, x, root, name):
+        self.last_collective = name
         return self._hvd.broadcast(x, root_rank=root, name=name)
 
     def barrier(self, name="pfc.barrier"):
@@ -68,6 +82,7 @@ class HorovodComm:
 
 class MpiComm:
     transport = "mpi"
+    last_collective = None
 
     def __init__(self):
         from mpi4py import MPI
@@ -77,6 +92,7 @@ class MpiComm:
         self.local_rank = self._comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
 
     def allgather(self, x, name):
+        self.last_collective = name
         a = _host(x)
         # Row counts first, so ranks whose batches differ are caught rather than mis-sliced.
         counts = self._comm.allgather(a.shape[0])
@@ -86,6 +102,7 @@ class MpiComm:
         return _like(out, x)
 
     def allreduce(self, x, op, name):
+        self.last_collective = name
         a = _host(x)
         out = np.empty_like(a)
         mpi_op = {"sum": self._mpi.SUM, "max": self._mpi.MAX}[_check_op(op)]
@@ -93,6 +110,7 @@ class MpiComm:
         return _like(out, x)
 
     def reducescatter(self, x, name):
+        self.last_collective = name
         a = _host(x)
         if a.shape[0] % self.size:
             raise ValueError(f"{name}: {a.shape[0]} rows do not split evenly over {self.size} ranks")
@@ -101,11 +119,13 @@ class MpiComm:
         return _like(out, x)
 
     def broadcast(self, x, root, name):
+        self.last_collective = name
         a = _host(x).copy()
         self._comm.Bcast(a, root=root)
         return _like(a, x)
 
     def barrier(self, name="pfc.barrier"):
+        self.last_collective = name
         self._comm.Barrier()
 
 
@@ -164,3 +184,76 @@ def init(transport: str = "horovod"):
     if transport == "local":
         return LocalComm()
     raise ValueError(f"unknown communication transport {transport!r} (known: {', '.join(TRANSPORTS)})")
+
+
+EXIT_STALLED = 3  # the exit status of a rank whose watchdog gave up on a stalled step
+
+
+class Watchdog:
+    """Ends a rank that waits too long, so a dead or stuck peer never hangs the whole job.
+
+    A collective blocks until every rank has joined it; when one rank died or hangs, the others would wait
+    forever. The trainer wraps each phase of work in `watch(what, limit)`; a thread checks once a second
+    and, when a phase outlives its limit, prints one line naming the phase and the last collective this rank
+    issued (the one it is most likely waiting in), then ends the process with EXIT_STALLED. It must end the
+    process from the thread: the main thread is blocked inside a C call (the collective) and cannot raise.
+    The launcher (horovodrun, mpirun) then stops the other ranks.
+
+    A step's limit is `timeout` plus 5x the median of the recent step times, so slow configurations
+    (large models on CPU) do not trip it while a stalled job is still caught within about `timeout`.
+    """
+
+    def __init__(self, comm, timeout: float, *, exit=os._exit, stream=None, poll: float = 1.0):
+        self.comm, self.timeout = comm, float(timeout)
+        self._exit, self._stream, self._poll = exit, stream, poll
+        self._lock = threading.Lock()
+        self._phase = None              # (what, started, limit)
+        self._recent = deque(maxlen=20)  # seconds of the last completed steps
+        self._thread = None
+
+    def step_limit(self) -> float:
+        return self.timeout + (5 * statistics.median(self._recent) if self._recent else 0.0)
+
+    def arm(self, what: str, limit: float | None = None) -> None:
+        """From now on `what` is running, with `limit` seconds (default: step_limit()); timeout <= 0: no limit."""
+        if self.timeout <= 0:
+            return
+        limit = self.step_limit() if limit is None else limit
+        with self._lock:
+            self._phase = (what, time.monotonic(), limit)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pfc-watchdog", daemon=True)
+                self._thread.start()
+
+    def disarm(self, *, step: bool = False) -> None:
+        """The running phase finished; with step=True its duration joins the recent step times."""
+        with self._lock:
+            phase, self._phase = self._phase, None
+        if step and phase is not None:
+            self._recent.append(time.monotonic() - phase[1])
+
+    @contextmanager
+    def watch(self, what: str, limit: float | None = None, *, step: bool = False):
+        self.arm(what, limit)
+        try:
+            yield
+        finally:
+            self.disarm(step=step)
+
+    def _run(self):
+        while True:
+            time.sleep(self._poll)
+            with self._lock:
+                phase = self._phase
+            if phase is None:
+                continue
+            what, started, limit = phase
+            waited = time.monotonic() - started
+            if waited > limit:
+                last = getattr(self.comm, "last_collective", None)
+                print(f"partial-fc: error: rank {self.comm.rank}: {what} did not finish within {waited:.0f} s "
+                      f"(limit {limit:.0f} s, PFC_COLLECTIVE_TIMEOUT={self.timeout:g}); the last collective "
+                      f"this rank issued is '{last}': another rank is dead or stuck, or the ranks disagree on "
+                      f"the collectives they run; stopping this rank", file=self._stream or sys.stderr, flush=True)
+                self._exit(EXIT_STALLED)
+                return
