@@ -47,7 +47,10 @@ class RecDataset:
             prop = _read_property(property_path) if property_path and os.path.exists(property_path) else None
             self.num_classes = prop[0] if prop else int(self.labels.max()) + 1
             self._check_labels(property_path if prop else None)
-            self.image_size = prop[1] if prop else self._first_image_size()
+            seen = self._first_image_size(required=not prop)
+            self.image_size = seen or prop[1]
+            if prop:
+                self._check_property(property_path, prop, seen)
         except BaseException:
             self.reader.close()
             raise
@@ -81,7 +84,21 @@ class RecDataset:
                 f"is not below num_classes={self.num_classes} given by {property_path}"
             raise DataError(f"{self.rec_path}: record key {self.keys[i]} has label {self.labels[i]}, which {why}")
 
-    def _first_image_size(self) -> tuple[int, int]:
+    def _check_property(self, path, prop, seen):
+        """The property file must describe this rec: its class count and image size, not another dataset's."""
+        if seen is not None and tuple(prop[1]) != tuple(seen):
+            raise DataError(f"{path}: says images are {prop[1][0]}x{prop[1][1]}, but {self.rec_path} holds "
+                            f"{self.image_size[0]}x{self.image_size[1]} images")
+        if self.layout == "insightface":
+            header = self.reader.read_image(0)[0]
+            ids = int(header.labels[1]) - int(header.labels[0]) if header.labels.size > 1 else 0
+            # Above 2^24 the header's float32 labels are inexact: trust the labels then.
+            exact = header.labels.size > 1 and header.labels[1] <= 1 << 24
+            classes = ids if exact and ids > 0 else int(self.labels.max()) + 1
+            if prop[0] != classes:
+                raise DataError(f"{path}: says {prop[0]} classes, but {self.rec_path} holds {classes} identities")
+
+    def _first_image_size(self, required: bool = True) -> tuple[int, int] | None:
         for i in range(min(len(self), 16)):
             try:
                 image = _decode(self.read(i))
@@ -89,6 +106,8 @@ class RecDataset:
                 continue
             if image is not None:
                 return image.shape[:2]
+        if not required:
+            return None  # the property file gives the size (bad records are the iterator's business)
         raise DataError(f"{self.rec_path}: none of the first images decodes, and there is no property file "
                         f"to give the image size")
 
@@ -119,8 +138,10 @@ def open_rec(path: str) -> RecDataset:
         rec = path
     else:
         raise DataError(f"{path}: neither a folder holding train.rec and train.idx nor a .rec file")
-    if not os.path.isfile(rec):
+    if not os.path.exists(rec):
         raise DataError(f"{rec}: missing")
+    if not os.path.isfile(rec):
+        raise DataError(f"{rec}: not a regular file")
     return RecDataset(rec, rec[:-4] + ".idx", os.path.join(os.path.dirname(rec), "property"))
 
 
@@ -140,12 +161,13 @@ class FaceIter:
 
     Decoding runs in `threads` threads with `prefetch` batches in flight. A record that fails to read or
     decode is replaced by the next good sample of its batch (deterministic) and counted in `bad_records`;
-    when more than `max_bad_fraction` of the images read are bad (judged after MIN_READS reads, or at the
-    first bad one when the fraction is 0) the iterator raises DataError. An image of another size than the
+    when the bad ones exceed `max_bad_fraction` of max(images read, ALLOWANCE_READS) the iterator raises
+    DataError (at the first bad one when the fraction is 0): early in a run a handful of bad records is
+    tolerated rather than judged on a tiny sample, and later the fraction itself rules. An image of another size than the
     dataset's raises DataError at once.
     """
 
-    MIN_READS = 500
+    ALLOWANCE_READS = 10_000  # with the default fraction 0.001: up to 10 bad records before 10,000 reads
 
     def __init__(self, dataset: RecDataset, batch_size: int, rank: int, world_size: int, seed: int = 0,
                  start_step: int = 0, flip: bool = True, threads: int = 2, prefetch: int = 4,
@@ -257,21 +279,19 @@ class FaceIter:
             good = np.flatnonzero(status == _OK)
             if good.size == 0:
                 raise DataError(f"{ds.rec_path}: no image of step {step} on rank {self.rank} decodes "
-                                f"({self._first_bad_text()})")
+                                f"({self.first_bad_text()})")
             # Each bad sample takes the next good sample of the batch (cyclically), image and label.
             src = good[np.searchsorted(good, bad) % good.size]
             images[bad], labels[bad] = images[src], labels[src]
-            too_many = (self.bad_records > 0 if self.max_bad_fraction == 0 else
-                        self.images_read >= self.MIN_READS and
-                        self.bad_records > self.max_bad_fraction * self.images_read)
+            too_many = self.bad_records > self.max_bad_fraction * max(self.images_read, self.ALLOWANCE_READS)
             if too_many:
                 raise DataError(f"{ds.rec_path}: {self.bad_records} of {self.images_read} images read failed to "
                                 f"decode, more than max_bad_fraction={self.max_bad_fraction} "
-                                f"({self._first_bad_text()})")
+                                f"({self.first_bad_text()})")
         self.step = step + 1
         return images, labels
 
-    def _first_bad_text(self) -> str:
+    def first_bad_text(self) -> str:
         key, reason = self.first_bad
         return f"first: record key {key}: {reason}"
 

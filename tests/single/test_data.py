@@ -379,7 +379,7 @@ def test_a_corrupt_image_is_replaced_and_counted(tmp_path):
 def test_too_many_bad_records_raise(tmp_path):
     ds = with_garbage(tmp_path, 80, bad=set(range(0, 80, 10)))
     it = FaceIter(ds, 4, 0, 1, max_bad_fraction=0.05)
-    it.MIN_READS = 40
+    it.ALLOWANCE_READS = 40
     with pytest.raises(DataError, match=r"train\.rec: \d+ of \d+ images read failed to decode, more than "
                                         r"max_bad_fraction=0.05 \(first: record key \d+"):
         take(it, 20)
@@ -390,6 +390,14 @@ def test_too_many_bad_records_raise(tmp_path):
     with FaceIter(with_garbage(tmp_path / "all", 8, bad=set(range(8))), 4, 0, 1, max_bad_fraction=1) as it:
         with pytest.raises(DataError, match="no image of step 0 on rank 0 decodes"):
             next(it)
+
+
+def test_one_bad_record_early_in_a_run_is_tolerated_at_the_default_fraction(tmp_path):
+    # 1 bad in the first 80 reads is 1.25 %, far above 0.001, but within the allowance of 0.001 x 10,000.
+    ds = with_garbage(tmp_path, 80, bad={3})
+    with FaceIter(ds, 4, 0, 1, max_bad_fraction=0.001) as it:
+        take(it, 20)
+        assert it.bad_records == 1 and it.images_read == 80
 
 
 def test_an_image_of_the_wrong_size_raises(tmp_path):
