@@ -148,3 +148,18 @@ def test_config_bank_dtype():
     assert config.load({"PFC_BANK_DTYPE": "bfloat16"}).bank_dtype == "bfloat16"
     with pytest.raises(config.ConfigError, match="PFC_BANK_DTYPE must be 'float32', 'float16' or 'bfloat16'"):
         config.load({"PFC_BANK_DTYPE": "fp16"})
+
+
+def test_memory_plan_command(capsys):
+    import json
+
+    from partial_fc import cli
+
+    assert cli.main(["memory-plan", "--classes", "1e6", "--workers", "2,3", "--dtypes", "bfloat16", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows == [memory_plan(1_000_000, w, 512, "bfloat16", 0.1, 64) for w in (2, 3)]
+    assert cli.main(["memory-plan", "--workers", "8"]) == 0
+    assert capsys.readouterr().out.count("| 8 |") == 2          # float32 and float16 rows
+    with pytest.raises(SystemExit) as e:
+        cli.main(["memory-plan", "--dtypes", "fp8"])
+    assert e.value.code == 2 and "unknown dtype 'fp8'" in capsys.readouterr().err
