@@ -214,9 +214,16 @@ def _drop_parameter_inputs(graph) -> None:
 
 
 def _name_normalisation(graph) -> None:
-    """Name the in-graph normalisation Sub_*/Mul_* (insightface reads node names to detect it)."""
-    for node in graph.node[:8]:
-        if node.op_type in ("Sub", "Mul") and not node.name.startswith(node.op_type):
+    """Name the in-graph normalisation Sub_*/Mul_* (insightface reads node names to detect it): the Sub and
+    Mul applied to `data` one after the other, in either order. Other graphs are left as they are."""
+    first = [n for n in graph.node[:8] if list(n.input[:1]) == ["data"]]
+    if len(first) != 1 or first[0].op_type not in ("Sub", "Mul"):
+        return
+    second = [n for n in graph.node[:8] if list(n.input[:1]) == [first[0].output[0]]]
+    if len(second) != 1 or {first[0].op_type, second[0].op_type} != {"Sub", "Mul"}:
+        return
+    for node in (first[0], second[0]):
+        if not node.name.startswith(node.op_type):
             node.name = f"{node.op_type}_{node.name or 'input'}"
 
 

@@ -202,6 +202,24 @@ def test_plain_model_with_fixed_gamma_and_implicit_flatten(tmp_path):
     _insightface_model(path)
 
 
+def test_graph_without_normalisation_is_left_for_insightface_to_normalise(tmp_path):
+    x = mx.sym.Convolution(mx.sym.var("data"), num_filter=4, kernel=(16, 16), stride=(16, 16), name="conv0")
+    x = mx.sym.Activation(x, act_type="relu", name="relu0")
+    x = mx.sym.FullyConnected(x, num_hidden=8, flatten=True, name="pre_fc1")
+    x = mx.sym._internal._minus_scalar(x, scalar=1.0, name="shift")  # a Sub and a Mul, but not of the input
+    sym = mx.sym._internal._mul_scalar(x, scalar=2.0, name="fc1")
+    mod = mx.mod.Module(sym, data_names=["data"], label_names=None, context=mx.cpu())
+    mod.bind(data_shapes=[("data", (2, 3, 112, 112))], for_training=True)
+    mod.init_params(mx.init.Xavier(magnitude=2))
+    arg, aux = mod.get_params()
+    arg["conv0_weight"] /= 128  # inputs are 0..255 here: keep the embedding near unit scale
+    mx.model.save_checkpoint(str(tmp_path / "raw"), 2, sym, arg, aux)
+    path = str(tmp_path / "raw.onnx")
+    export.export(str(tmp_path / "raw-symbol.json"), path, batch_check=2)
+    from insightface.model_zoo import get_model
+    assert (get_model(path, providers=["CPUExecutionProvider"]).input_mean,) == (127.5,)
+
+
 def test_a_mismatch_exits_1_and_leaves_the_previous_file(trainer_checkpoint, tmp_path, monkeypatch, capsys):
     out = trainer_checkpoint[0]
     path = tmp_path / "model.onnx"
