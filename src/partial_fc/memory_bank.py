@@ -37,6 +37,11 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
+def storage_numpy_dtype(dtype: str) -> type:
+    """The numpy type holding a storage dtype's values (bfloat16: its bits, uint16)."""
+    return _NUMPY[check_dtype(dtype)]
+
+
 def itemsize(dtype: str) -> int:
     return np.dtype(_NUMPY[check_dtype(dtype)]).itemsize
 
