@@ -14,7 +14,8 @@ repeats after one warm-up:
                   update, and "other" (time after the operator's last phase call); they sum to the phased step
     matmul        the step's three matmuls (cosines F.W^T, dW = dcos^T.F, dF = dcos.W), 2*B*S*D flops each;
                   GFLOP/s over the "matmul" phase, against a plain numpy float32 [B, D] x [D, S] matmul timed
-                  in the same run (the share = matmul-phase GFLOP/s / numpy GFLOP/s)
+                  in the same run (the share = matmul-phase GFLOP/s / numpy GFLOP/s); for reference also the
+                  same product as one MXNet dot (MXNet links its own BLAS build)
     lower bound   max(compute, bandwidth) seconds, where
                       compute   = 3 * (median seconds of that numpy matmul)   (the three matmuls at numpy's rate)
                       bandwidth = 5 * S * D * b / (numpy memcpy bandwidth measured in the same run)
@@ -92,6 +93,7 @@ def run(n_local=DEFAULT_N_LOCAL, batch=DEFAULT_BATCH, dim=DEFAULT_DIM, rates=DEF
     t_start = time.perf_counter()
     rng = np.random.default_rng(seed)
     numpy_ref: dict[int, float] = {}  # S -> median seconds of the numpy matmul
+    mxnet_ref: dict[int, float] = {}  # S -> median seconds of the same product as one MXNet dot
     memcpy = memcpy_bandwidth()
     results, skipped = [], []
     for n in n_local:
@@ -101,7 +103,8 @@ def run(n_local=DEFAULT_N_LOCAL, batch=DEFAULT_BATCH, dim=DEFAULT_DIM, rates=DEF
             skipped.append(skip_record(n, rates, need, have, log))
             continue
         print(f"bench fc: N_local={n}: creating the memory bank ({bank_dtype}) ...", file=log, flush=True)
-        results += _bench_n_local(n, batch, dim, rates, repeat, seed, bank_dtype, rng, numpy_ref, memcpy, log)
+        results += _bench_n_local(n, batch, dim, rates, repeat, seed, bank_dtype, rng, numpy_ref, mxnet_ref, memcpy,
+                                  log)
     report = {
         "benchmark": "fc",
         "machine": machine_info(),
@@ -118,7 +121,8 @@ def run(n_local=DEFAULT_N_LOCAL, batch=DEFAULT_BATCH, dim=DEFAULT_DIM, rates=DEF
     return report
 
 
-def _bench_n_local(n, batch, dim, rates, repeat, seed, bank_dtype, rng, numpy_ref, memcpy, log) -> list[dict]:
+def _bench_n_local(n, batch, dim, rates, repeat, seed, bank_dtype, rng, numpy_ref, mxnet_ref, memcpy,
+                   log) -> list[dict]:
     bank = make_bank(n, dim, seed, bank_dtype)
     features = mx.nd.array(rng.standard_normal((batch, dim), dtype=np.float32), ctx=mx.cpu())
     labels = rng.integers(0, n, size=batch, dtype=np.int64)
@@ -147,6 +151,7 @@ def _bench_n_local(n, batch, dim, rates, repeat, seed, bank_dtype, rng, numpy_re
         s = sampled[r]
         if s not in numpy_ref:
             numpy_ref[s] = _numpy_matmul_time(batch, dim, s, max(repeat, 5), rng)
+            mxnet_ref[s] = _mxnet_dot_time(batch, dim, s, max(repeat, 5), rng)
         step_s = statistics.median(step_times[r])
         flop = MATMULS_PER_STEP * 2.0 * batch * s * dim
         numpy_gflops = 2.0 * batch * s * dim / numpy_ref[s] / 1e9
@@ -168,6 +173,7 @@ def _bench_n_local(n, batch, dim, rates, repeat, seed, bank_dtype, rng, numpy_re
             "matmul_phase_s": matmul_s, "matmul_gflops": matmul_gflops,
             "numpy_matmul_s": numpy_ref[s], "numpy_gflops": numpy_gflops,
             "matmul_share": matmul_gflops / numpy_gflops if matmul_gflops else None,
+            "mxnet_dot_s": mxnet_ref[s], "mxnet_dot_gflops": 2.0 * batch * s * dim / mxnet_ref[s] / 1e9,
             "bound_compute_s": compute_s, "bound_bandwidth_s": bandwidth_s, "bound_s": bound_s,
             "bound_bytes": BANK_PASSES * s * dim * itemsize, "of_bound": bound_s / step_s,
         })
@@ -306,6 +312,14 @@ def _numpy_matmul_time(batch: int, dim: int, s: int, repeat: int, rng) -> float:
     a = rng.random((batch, dim), dtype=np.float32)
     w = rng.random((s, dim), dtype=np.float32)
     return median_time(lambda _: a @ w.T, repeat)
+
+
+def _mxnet_dot_time(batch: int, dim: int, s: int, repeat: int, rng) -> float:
+    """Median seconds of the same product as one MXNet dot (F.W^T, transpose_b), MXNet's own BLAS: tells the
+    BLAS's share of a gap to numpy from the operator's own."""
+    a = mx.nd.array(rng.random((batch, dim), dtype=np.float32))
+    w = mx.nd.array(rng.random((s, dim), dtype=np.float32))
+    return median_time(lambda _: mx.nd.dot(a, w, transpose_b=True).wait_to_read(), repeat)
 
 
 def _targets(results: list[dict]) -> list[dict]:
@@ -468,18 +482,20 @@ def format_table(report: dict) -> str:
 
         rows = [(f"{r['n_local']:,}", f"{r['rate']:g}", _ms(r["matmul_phase_s"]),
                  "n/a" if r["matmul_gflops"] is None else f"{r['matmul_gflops']:.1f}", f"{r['numpy_gflops']:.1f}",
+                 f"{r['mxnet_dot_gflops']:.1f}",
                  "n/a" if r["matmul_share"] is None else f"{r['matmul_share']:.0%}", f"{r['gflops']:.1f}",
                  _ms(r["bound_compute_s"]), _ms(r["bound_bandwidth_s"]), f"{r['of_bound']:.0%}",
                  "; ".join(tput_targets.get((r["n_local"], r["rate"]), ["-"]))) for r in results]
         lines += ["", "throughput and lower bound:"]
-        lines += table(("N_local", "r", "matmul ms", "GFLOP/s", "numpy GFLOP/s", "share", "step GFLOP/s",
+        lines += table(("N_local", "r", "matmul ms", "GFLOP/s", "numpy GFLOP/s", "mxnet dot", "share", "step GFLOP/s",
                         "compute ms", "bandwidth ms", "of bound", "target"), rows)
     lines += [f"N_local={s['n_local']:,}: {s['message']}" for s in report["skipped"]]
     lines += [
         "",
         f"ratio = t(r={results[0]['ratio_ref_rate']:g}) / t(r), ceil = S(ref) / S. " if results else "",
         f"GFLOP/s: the step's {MATMULS_PER_STEP} matmuls (2*B*S*D flops each) over the matmul phase "
-        "(step GFLOP/s: over the whole plain step); numpy = one float32 [B,D]x[D,S] matmul; share = GFLOP/s / numpy.",
+        "(step GFLOP/s: over the whole plain step); numpy = one float32 [B,D]x[D,S] matmul; share = GFLOP/s / numpy;",
+        "mxnet dot = GFLOP/s of the same product as one mx.nd.dot (MXNet's BLAS), for reference.",
         f"lower bound = max(compute = {MATMULS_PER_STEP} x numpy matmul time, bandwidth = {BANK_PASSES}*S*D*bytes "
         "of bank rows / memcpy bandwidth); of bound = bound / plain step.",
         f"wall time {report['wall_s']:.1f} s",
