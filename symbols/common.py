@@ -90,7 +90,14 @@ def embedding(x, embedding_size, dropout):
     x = mx.sym.FullyConnected(x, num_hidden=embedding_size, no_bias=True, flatten=True, name="pre_fc1")
     # The reference trainers freeze this BatchNorm's gamma at 1; it is learnable here because a frozen
     # gamma is one of the ONNX export traps, and a per-channel scale before L2 normalisation is harmless.
-    return batchnorm(x, name="fc1")
+    # MXNet 1.9.1's CPU (MKLDNN) BatchNorm segfaults in inference on some [B, C] inputs (mbf at C = 512),
+    # so it runs on [B, C, 1, 1]. Its variables keep the names fc1_* and the output stays `fc1`, so
+    # checkpoints and consumers of fc1_output are unchanged.
+    x = mx.sym.reshape(x, shape=(0, 0, 1, 1), name="fc1_4d")
+    x = mx.sym.BatchNorm(x, gamma=mx.sym.var("fc1_gamma"), beta=mx.sym.var("fc1_beta"),
+                         moving_mean=mx.sym.var("fc1_moving_mean"), moving_var=mx.sym.var("fc1_moving_var"),
+                         fix_gamma=False, eps=BN_EPS, momentum=BN_MOMENTUM, name="fc1_bn")
+    return mx.sym.Flatten(x, name="fc1")
 
 
 def check_args(embedding_size, dropout, prelu_impl):

@@ -55,18 +55,20 @@ def _calibrate_batchnorm(sym, arg, aux, images):
     BatchNorm input is what it will be in inference mode once all the moving statistics are set.
     """
     nodes = json.loads(sym.tojson())["nodes"]
-    bns = [(n["name"], nodes[n["inputs"][0][0]]["name"] + "_output") for n in nodes if n["op"] == "BatchNorm"]
+    # (moving mean, moving var, input) of each BatchNorm, named by its input nodes (fc1's differ from its op's)
+    bns = [([nodes[n["inputs"][k][0]]["name"] for k in (3, 4)], nodes[n["inputs"][0][0]]["name"] + "_output")
+           for n in nodes if n["op"] == "BatchNorm"]
     internals = sym.get_internals()
     group = mx.sym.Group([internals[source] for _, source in bns])
     mod = mx.mod.Module(group, data_names=["data"], label_names=None, context=mx.cpu())
     mod.bind(data_shapes=[("data", images.shape)], for_training=True)
     mod.set_params(arg, aux, allow_missing=False, allow_extra=True)
     mod.forward(mx.io.DataBatch([mx.nd.array(images)]), is_train=True)
-    for (name, _), x in zip(bns, mod.get_outputs()):
+    for ((mean, var), _), x in zip(bns, mod.get_outputs()):
         x = x.asnumpy()
         axes = (0,) + tuple(range(2, x.ndim))  # all but the channel axis
-        aux[name + "_moving_mean"] = mx.nd.array(x.mean(axis=axes))
-        aux[name + "_moving_var"] = mx.nd.array(x.var(axis=axes))
+        aux[mean] = mx.nd.array(x.mean(axis=axes))
+        aux[var] = mx.nd.array(x.var(axis=axes))
 
 
 @pytest.fixture(scope="module")

@@ -221,3 +221,23 @@ def test_unknown_prelu_impl_is_a_value_error():
 def test_bad_embedding_size_is_a_value_error(bad):
     with pytest.raises(ValueError, match="embedding_size"):
         symbols.get_symbol("mbf", embedding_size=bad)
+
+
+def test_mbf_at_512_runs_inference_forwards_on_cpu():
+    """MXNet 1.9.1's CPU BatchNorm segfaulted on mbf's [B, 512] embedding in inference; in a child process
+    so that a crash fails this test instead of the whole run."""
+    import subprocess
+    import sys
+    code = (
+        "import mxnet as mx, numpy as np, symbols\n"
+        "sym = symbols.get_symbol('mbf', embedding_size=512, prelu_impl='depthwise')\n"
+        "mod = mx.mod.Module(sym, data_names=['data'], label_names=None)\n"
+        "mod.bind(data_shapes=[('data', (2, 3, 112, 112))], for_training=True)\n"
+        "mod.init_params(mx.init.Xavier())\n"
+        "for _ in range(2):\n"
+        "    mod.forward(mx.io.DataBatch([mx.nd.ones((2, 3, 112, 112))]), is_train=False)\n"
+        "    out = mod.get_outputs()[0].asnumpy()\n"
+        "assert out.shape == (2, 512) and np.isfinite(out).all()\n"
+        "print('ok')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), (p.returncode, p.stderr[-2000:])
