@@ -25,13 +25,18 @@ export PFC_EMBEDDING_SIZE=${PFC_EMBEDDING_SIZE:-512}
 export PFC_SAMPLE_RATE=${PFC_SAMPLE_RATE:-0.1}
 # Half-size bank: 10 M x 512 centers + momentum in float16 are 10.24 GB per rank instead of 20.5 GB.
 export PFC_BANK_DTYPE=${PFC_BANK_DTYPE:-float16}
-# NDArrays in (CPU) memory: the faster update here. Checkpointing copies a device bank whole (asnumpy), so
-# PFC_SAVE_CHECKPOINTS=1 at 10 M needs PFC_MEMORY_BANK=host, whose numpy arrays are written as they are.
-export PFC_MEMORY_BANK=${PFC_MEMORY_BANK:-device}
+# Host (numpy) storage: the pip build of MXNet 1.9.1 has no 64-bit tensor sizes, so one NDArray holds at most
+# 2^31 - 1 values and a 5 M x 512 shard does not fit in one; numpy has no such limit. (Host storage is also
+# what a checkpoint writes without a copy.)
+export PFC_MEMORY_BANK=${PFC_MEMORY_BANK:-host}
 # The backbone's CPU training memory grows ~0.14 GB per sample (mbf, 112x112): 4 leaves the 10 M run ~2 GB
 # of headroom on a 24 GiB machine (8 would leave ~1).
 export PFC_BATCH_SIZE=${PFC_BATCH_SIZE:-4}
-export PFC_MAX_STEPS=${PFC_MAX_STEPS:-8}
+export PFC_MAX_STEPS=${PFC_MAX_STEPS:-12}
+# 16 recurring identities spread over the whole class range (each its own image): every step still samples
+# 10 % of all 10 M centers, but the identities come back, as a real dataset's do, so the loss can fall.
+# 0 draws every label afresh from all classes (a step's cost is the same; nothing is learnable then).
+export PFC_SYNTHETIC_IDENTITIES=${PFC_SYNTHETIC_IDENTITIES:-16}
 export PFC_LR=${PFC_LR:-0.8}
 export PFC_MEMORY_BANK_LR=${PFC_MEMORY_BANK_LR:-0.8}
 export PFC_LR_STEPS=${PFC_LR_STEPS:-1000000}
@@ -45,7 +50,7 @@ export PFC_COMM=horovod
 export OMP_NUM_THREADS=1 MXNET_CPU_WORKER_NTHREADS=1
 
 echo "ten_million: N=$PFC_NUM_CLASSES D=$PFC_EMBEDDING_SIZE r=$PFC_SAMPLE_RATE bank=$PFC_BANK_DTYPE/$PFC_MEMORY_BANK" \
-     "batch=$PFC_BATCH_SIZE/worker steps=$PFC_MAX_STEPS, 2 workers"
+     "batch=$PFC_BATCH_SIZE/worker steps=$PFC_MAX_STEPS identities=$PFC_SYNTHETIC_IDENTITIES, 2 workers"
 horovodrun -np 2 -H localhost:2 --gloo python -c '
 import os, re, sys
 from partial_fc import cli, config

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Mapping
@@ -45,6 +46,8 @@ class Config:
                                        # empty: random synthetic images (benchmarks, smoke runs)
     val_targets: str = ""              # comma-separated .bin names in data_dir to verify on; empty: every *.bin
     data_threads: int = 2              # JPEG decode threads per worker
+    synthetic_identities: int = 0      # without data_dir: 0 = labels uniform over all classes (benchmarks);
+                                       # K = K recurring identities, each its own image, so the loss can fall
     max_bad_fraction: float = 0.001    # stop when more than this fraction of decoded records is corrupt
     # --- head ---
     loss: str = "arcface"              # arcface | cosface | combined | softmax (a preset of m1, m2, m3)
@@ -55,6 +58,8 @@ class Config:
     embedding_size: int = 512
     sample_rate: float = 1.0           # r: fraction of each shard's centers used per step (1.0 = all)
     memory_bank: str = "device"        # device | host: where centers and their momentum live
+    bank_dtype: str = "float32"        # float32 | float16 | bfloat16: storage of centers and momentum; compact
+                                       # halves the bank (10 M classes on one machine), math stays float32
     # --- optimisation (reference defaults) ---
     batch_size: int = 64               # per worker
     lr: float = 0.1                    # backbone lr for a global batch of 512; scaled linearly with W*B
@@ -68,17 +73,24 @@ class Config:
     network: str = "r100"              # a name of symbols.NETWORKS
     dropout: float = 0.0               # dropout before the embedding FC (0.4 helps small datasets)
     comm: str = "horovod"              # horovod | mpi | local: transport of the FC's collectives
+    collective_timeout: float = 120.0  # seconds a step may wait on the other ranks before this rank stops
+                                       # with an error (a dead or stuck peer would hang it forever); 0: never
+    slow_timeout: float = 1800.0       # the same for start-up, verification and checkpoint saving, where ranks
+                                       # wait for one rank's long work (indexing, evaluation, the slowest writer)
     seed: int = 0
     frequent: int = 20                 # log every this many steps
     verbose: int = 2000                # verify on the .bin sets every this many steps
     output: str = "models"             # checkpoints, logs and config.json go here
     checkpoint_steps: int = 0          # save every this many steps (0: every `verbose` steps) and at the end
     keep_checkpoints: int = 3          # how many of the latest checkpoints to keep (older ones are removed)
+    save_checkpoints: bool = True      # False: write no checkpoint at all (benchmarks, smoke runs)
     resume: str = ""                   # "" start fresh; "1"/"latest": the newest complete checkpoint in
                                        # `output`; or the path of a checkpoint manifest (model-NNNN.json)
     tensorboard: bool = True           # write TensorBoard scalars to output/tensorboard (rank 0)
     eval_batch_size: int = 32          # batch of the verification forward passes (memory grows with it)
     fp16: bool = False                 # fp16 trunk, fp32 head and master weights, dynamic loss scaling
+    profile: bool = False              # time the FC head every step (fc_s in metrics.jsonl); waits for MXNet
+                                       # around the head, so leave it off for real runs (bench train sets it)
     # fields derived in __post_init__ (not environment keys)
     margins: tuple = field(default=(), init=False, repr=False)
 
@@ -104,15 +116,21 @@ class Config:
             (0.0 <= self.momentum < 1.0, "PFC_MOMENTUM", "must be in [0, 1)"),
             (self.weight_decay >= 0, "PFC_WEIGHT_DECAY", "must be >= 0"),
             (self.memory_bank in ("device", "host"), "PFC_MEMORY_BANK", "must be 'device' or 'host'"),
+            (self.bank_dtype in ("float32", "float16", "bfloat16"), "PFC_BANK_DTYPE",
+             "must be 'float32', 'float16' or 'bfloat16'"),
             (self.comm in ("horovod", "mpi", "local"), "PFC_COMM", "must be 'horovod', 'mpi' or 'local'"),
             (self.frequent >= 1 and self.verbose >= 1, "PFC_FREQUENT / PFC_VERBOSE", "must be >= 1"),
             (self.warmup_steps >= 0 and self.max_steps >= 0, "PFC_WARMUP_STEPS / PFC_MAX_STEPS", "must be >= 0"),
             (self.checkpoint_steps >= 0, "PFC_CHECKPOINT_STEPS", "must be >= 0"),
             (self.keep_checkpoints >= 1, "PFC_KEEP_CHECKPOINTS", "must be >= 1"),
             (self.data_threads >= 1, "PFC_DATA_THREADS", "must be >= 1"),
+            (0 <= self.synthetic_identities <= max(self.num_classes, 0) or bool(self.data_dir),
+             "PFC_SYNTHETIC_IDENTITIES", "must be in [0, PFC_NUM_CLASSES]"),
             (0.0 <= self.max_bad_fraction < 1.0, "PFC_MAX_BAD_FRACTION", "must be in [0, 1)"),
             (0.0 <= self.dropout < 1.0, "PFC_DROPOUT", "must be in [0, 1)"),
             (self.eval_batch_size >= 1, "PFC_EVAL_BATCH_SIZE", "must be >= 1"),
+            (self.collective_timeout >= 0 and self.slow_timeout >= 0, "PFC_COLLECTIVE_TIMEOUT / PFC_SLOW_TIMEOUT",
+             "must be >= 0 seconds"),
         ]
         for ok, key, why in checks:
             if not ok:
@@ -154,9 +172,12 @@ def _parse(key: str, raw: str, typ):
     try:
         if typ is bool:
             return _BOOL[raw.strip().lower()]
-        return typ(raw.strip()) if typ is not str else raw
+        value = typ(raw.strip()) if typ is not str else raw
+        if typ is float and not math.isfinite(value):
+            raise ValueError  # nan passes every range check below as False, inf as True: neither is meant
+        return value
     except (KeyError, ValueError):
-        kind = {bool: "a boolean (0/1/true/false)", int: "an integer", float: "a number"}.get(typ, typ.__name__)
+        kind = {bool: "a boolean (0/1/true/false)", int: "an integer", float: "a finite number"}.get(typ, typ.__name__)
         raise ConfigError(f"{key}={raw!r} is not {kind}") from None
 
 

@@ -321,28 +321,42 @@ class FaceIter:
 class SyntheticIter:
     """Endless iterator of random (images float32 [B,3,H,W] 0..255, labels int64 [B]) for benchmarks.
 
-    Images are read-only views into a pool generated once (copying nothing per step, so it is never the
-    bottleneck); the pool offset and the labels (uniform over num_classes) are drawn from
+    identities = 0: labels uniform over num_classes and images unrelated to them (the cost of a step, with
+    every step's classes new: nothing to learn). Images are read-only views into a pool generated once
+    (copying nothing per step, so it is never the bottleneck); the pool offset and the labels are drawn from
     np.random.default_rng([seed, step, rank]).
+    identities = K > 0: labels drawn from K class ids spread evenly over [0, num_classes) (so every rank's
+    shard holds some), each with its own fixed random image, identical on every rank: a learnable stream
+    whose loss falls at any class count, as a real dataset's would (its identities recur every epoch).
     """
 
     POOL_EXTRA = 64
 
     def __init__(self, batch_size: int, num_classes: int, rank: int, world_size: int, seed: int = 0,
-                 start_step: int = 0, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE):
-        if batch_size < 1 or num_classes < 1 or not 0 <= rank < world_size or seed < 0 or start_step < 0:
-            raise ValueError("need batch_size, num_classes >= 1, 0 <= rank < world_size, seed, start_step >= 0")
+                 start_step: int = 0, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE, identities: int = 0):
+        if batch_size < 1 or num_classes < 1 or not 0 <= rank < world_size or seed < 0 or start_step < 0 \
+                or not 0 <= identities <= num_classes:
+            raise ValueError("need batch_size, num_classes >= 1, 0 <= rank < world_size, seed, start_step >= 0, "
+                             "0 <= identities <= num_classes")
         self.batch_size, self.num_classes, self.rank, self.world_size = batch_size, num_classes, rank, world_size
-        self.seed, self.step, self.image_size = seed, start_step, tuple(image_size)
+        self.seed, self.step, self.image_size, self.identities = seed, start_step, tuple(image_size), identities
         h, w = self.image_size
-        pool_rng = np.random.default_rng([seed, rank, 0x5EED])
-        self._pool = pool_rng.integers(0, 256, size=(batch_size + self.POOL_EXTRA, 3, h, w),
-                                       dtype=np.uint8).astype(np.float32)
+        if identities:
+            self._ids = np.arange(identities, dtype=np.int64) * num_classes // identities
+            pool_rng = np.random.default_rng([seed, 0x1D5])  # the same faces on every rank
+            size = identities
+        else:
+            pool_rng = np.random.default_rng([seed, rank, 0x5EED])
+            size = batch_size + self.POOL_EXTRA
+        self._pool = pool_rng.integers(0, 256, size=(size, 3, h, w), dtype=np.uint8).astype(np.float32)
         self._pool.flags.writeable = False
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """The batch of global step `step` on this rank."""
         rng = np.random.default_rng([self.seed, step, self.rank])
+        if self.identities:
+            which = rng.integers(0, self.identities, size=self.batch_size)
+            return self._pool[which], self._ids[which]
         offset = int(rng.integers(0, self.POOL_EXTRA + 1))
         labels = rng.integers(0, self.num_classes, size=self.batch_size, dtype=np.int64)
         return self._pool[offset:offset + self.batch_size], labels

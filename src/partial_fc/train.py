@@ -15,7 +15,10 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
+import time
 import warnings
+import zlib
 
 import mxnet as mx
 import numpy as np
@@ -76,7 +79,8 @@ def _open_data(cfg: Config, comm, start_step: int):
     """(iterator, num_classes). A data folder's property file is the truth about the class count."""
     if not cfg.data_dir:
         it = data.SyntheticIter(cfg.batch_size, cfg.num_classes, comm.rank, comm.size, seed=cfg.seed,
-                                start_step=start_step, image_size=IMAGE_SHAPE[1:])
+                                start_step=start_step, image_size=IMAGE_SHAPE[1:],
+                                identities=cfg.synthetic_identities)
         return it, cfg.num_classes
     ds = data.open_rec(cfg.data_dir)
     if cfg.num_classes and cfg.num_classes != ds.num_classes:
@@ -121,10 +125,14 @@ def run(cfg: Config) -> list[float]:
     ctx = _context(comm)
     if cfg.fp16 and ctx.device_type == "cpu":
         raise ConfigError("PFC_FP16=1 needs a GPU: MXNet's CPU build has no fp16 matrix multiply")
+    watchdog = dist.Watchdog(comm, cfg.collective_timeout)
+    # Start-up (indexing a large rec, binding, the parameter broadcast) may keep one rank waiting for another.
+    watchdog.arm("start-up", cfg.slow_timeout)
     ckpt = _resume_checkpoint(cfg)
     start_step = ckpt.step if ckpt else 0
     total_steps = cfg.total_steps
     it, num_classes = _open_data(cfg, comm, start_step)
+    _check_same_everywhere(cfg, comm, num_classes)
     if ckpt is not None:
         checkpoint.check_compatible(ckpt, network=cfg.network, num_classes=num_classes,
                                     embedding_size=cfg.embedding_size)
@@ -146,8 +154,10 @@ def run(cfg: Config) -> list[float]:
     if ckpt is not None:
         mod.load_optimizer_states(ckpt.states_path)
 
+    _check_bank_fits_one_ndarray(cfg, comm, num_classes)
     fc = PartialFC(comm, num_classes, cfg.embedding_size, Margin(cfg.margin_s, *cfg.margins), cfg.sample_rate,
                    seed=cfg.seed, ctx=ctx, storage=cfg.memory_bank, momentum=cfg.momentum, wd=cfg.weight_decay,
+                   bank_dtype=cfg.bank_dtype,
                    bank=_bank(cfg, comm, ckpt, num_classes, ctx))
 
     report = Reporter(cfg.output, active=comm.rank == 0, world_size=comm.size, batch_size=cfg.batch_size,
@@ -156,6 +166,8 @@ def run(cfg: Config) -> list[float]:
     verifier = None
     if comm.rank == 0:
         os.makedirs(cfg.output, exist_ok=True)
+        for path in checkpoint.remove_incomplete(cfg.output):
+            report.info(f"removed {path}: left by a save that did not finish")
         atomic.write_text(os.path.join(cfg.output, "config.json"), cfg.to_json())
         bins = _verification_sets(cfg)
         if bins:
@@ -163,42 +175,126 @@ def run(cfg: Config) -> list[float]:
             verifier = Verifier(bins, sym, batch_size=cfg.eval_batch_size)
         report.info(_banner(cfg, comm, fc, num_classes, start_step, total_steps, bins, ckpt))
 
-    losses = []
+    losses, bad_seen = [], 0
     try:
         for step in range(start_step, total_steps):
+            # The first step also pays for MXNet's lazy initialisation: give it the start-up allowance.
+            watchdog.arm(f"step {step}", cfg.slow_timeout if step == start_step else None)
             images, labels = next(it)
+            if getattr(it, "bad_records", 0) > bad_seen:
+                bad_seen = it.bad_records
+                # Every rank reads its own records, so every rank speaks for itself (not only rank 0).
+                print(f"partial-fc: warning: rank {comm.rank}: {bad_seen} bad image record(s) skipped so far "
+                      f"in {cfg.data_dir} ({it.first_bad_text()}); the run stops when more than "
+                      f"PFC_MAX_BAD_FRACTION={cfg.max_bad_fraction} of the images read are bad",
+                      file=sys.stderr, flush=True)
             lr = learning_rate(step, base_lr, cfg.lr_step_list, cfg.warmup_steps)
             sgd.lr = lr
             mx.random.seed(cfg.seed * 1_000_003 + step * 1009 + comm.rank)  # dropout: a function of the step
             mod.forward(mx.io.DataBatch([mx.nd.array(images, ctx=ctx)]), is_train=True)
             features = mod.get_outputs()[0]
-            out = fc.forward_backward(features, labels, step)
+            head = _HeadTimer(cfg.profile, comm)
+            out = head(fc.forward_backward, features, labels, step)
             if not np.isfinite(out.loss):
                 raise TrainingError(f"step {step}: the loss is {out.loss}; stopping before the update so the "
                                     f"last checkpoint stays good (lower PFC_LR?)")
             scale = scaler.scale if scaler else 1.0
             mod.backward(out_grads=[out.feature_grad * scale] if scaler else [out.feature_grad])
-            if scaler is None or scaler.update(gradients_overflow(mod, comm)):
+            overflow = gradients_overflow(mod, comm)  # every rank learns whether any rank's gradients are finite
+            if overflow and scaler is None:
+                raise TrainingError(f"step {step}: a backbone gradient is inf or NaN on some rank (the loss is "
+                                    f"{out.loss:.4f}); stopping before the update so the last checkpoint stays "
+                                    f"good (lower PFC_LR?)")
+            if scaler is None or scaler.update(overflow):
                 sgd.rescale_grad = rescale / scale
                 mod.update()
-                fc.update(out, learning_rate(step, bank_lr, cfg.lr_step_list, cfg.warmup_steps))
+                head(fc.update, out, learning_rate(step, bank_lr, cfg.lr_step_list, cfg.warmup_steps))
             else:
                 report.info(f"step {step}: fp16 gradients overflowed on some rank; step skipped on every rank, "
                             f"loss scale now {scaler.scale:g}")
             losses.append(out.loss)
-            report.step(step, out.loss, lr)
+            report.step(step, out.loss, lr, **({"fc_s": round(head.seconds, 6)} if cfg.profile else {}))
 
             done = step + 1
-            if verifier is not None and (done % cfg.verbose == 0 or done == total_steps):
-                report.verification(done, verifier.run(*mod.get_params()))
-            if done % cfg.save_every == 0 or done == total_steps:
-                _save(cfg, comm, mod, sym, fc, num_classes, done, scaler)
+            watchdog.disarm(step=True)
+            if done % cfg.verbose == 0 or done == total_steps:
+                watchdog.arm(f"verification after step {done}", cfg.slow_timeout)
+                if verifier is not None:
+                    report.verification(done, verifier.run(*mod.get_params()))
+                # Horovod: the other ranks wait here for rank 0's evaluation, under the longer allowance.
+                comm.barrier("pfc.verification_done")
+                watchdog.disarm()
+            if cfg.save_checkpoints and (done % cfg.save_every == 0 or done == total_steps):
+                with watchdog.watch(f"saving the checkpoint of step {done}", cfg.slow_timeout):
+                    _save(cfg, comm, mod, sym, fc, num_classes, done, scaler)
         report.summary()
+    except mx.base.MXNetError as e:
+        if "horovod" not in str(e).lower():
+            raise
+        # A collective failed: a peer exited (the launcher stops the others too) or Horovod shut down.
+        raise TrainingError(f"rank {comm.rank}: collective '{comm.last_collective}' failed: "
+                            f"{_first_line(e)}; another rank has probably died (see its output)") from None
     finally:
+        watchdog.disarm()
         if hasattr(it, "close"):
             it.close()
         report.close()
     return losses
+
+
+def _check_bank_fits_one_ndarray(cfg: Config, comm, num_classes: int) -> None:
+    """A device bank is one NDArray per array; MXNet builds without 64-bit tensor sizes (the pip packages)
+    cannot hold 2^31 values or more in one, and fail with an unrelated message."""
+    count = shard_range(num_classes, comm.size, comm.rank)[1]
+    if cfg.memory_bank == "device" and count * cfg.embedding_size >= 2**31 \
+            and not mx.runtime.Features().is_enabled("INT64_TENSOR_SIZE"):
+        raise ConfigError(f"this rank's centers ({count} x {cfg.embedding_size}) exceed the 2^31 values one MXNet "
+                          f"NDArray can hold in this build: set PFC_MEMORY_BANK=host, or use more workers")
+
+
+def _first_line(error) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _check_same_everywhere(cfg: Config, comm, num_classes: int) -> None:
+    """Every rank must run the same problem; differing settings would mis-shape or silently skew collectives.
+
+    One small allgather at start-up compares the settings that shape the collectives and the schedule.
+    """
+    shaped = {"PFC_BATCH_SIZE": cfg.batch_size, "PFC_EMBEDDING_SIZE": cfg.embedding_size,
+              "num_classes": num_classes, "PFC_MAX_STEPS": cfg.total_steps, "PFC_SEED": cfg.seed}
+    text = json.dumps({k: v for k, v in json_config(cfg).items() if k not in ("output", "resume")}, sort_keys=True)
+    shaped["other PFC_* settings (hash)"] = zlib.crc32(text.encode())
+    mine = mx.nd.array(list(shaped.values()), dtype=np.int64)
+    every = comm.allgather(mine.reshape((1, -1)), "pfc.settings_check").asnumpy()
+    for column, key in enumerate(shaped):
+        values = every[:, column]
+        if (values != values[0]).any():
+            per_rank = ", ".join(f"rank {k}: {v}" for k, v in enumerate(values.tolist()))
+            raise ConfigError(f"{key} differs between ranks ({per_rank}); every rank must use the same settings")
+
+
+class _HeadTimer:
+    """PFC_PROFILE=1: seconds this step spent in the FC head (forward_backward + update).
+
+    MXNet is asynchronous, so a timed call waits for the queue before and after, and the ranks meet at a
+    barrier first (a wait for a slower rank's backbone is not the head's time); with profiling off the call
+    goes straight through and adds no wait."""
+
+    def __init__(self, active: bool, comm):
+        self.active, self.comm, self.seconds = active, comm, 0.0
+
+    def __call__(self, fn, *args):
+        if not self.active:
+            return fn(*args)
+        mx.nd.waitall()
+        self.comm.barrier("pfc.profile")  # Horovod: every rank profiles, so every rank calls it
+        t0 = time.perf_counter()
+        result = fn(*args)
+        mx.nd.waitall()
+        self.seconds += time.perf_counter() - t0
+        return result
 
 
 def init_optimizer(mod, sync, *, lr, momentum, wd, fp16=False) -> mx.optimizer.SGD:
@@ -222,9 +318,9 @@ def _bank(cfg, comm, ckpt, num_classes, ctx):
     if ckpt is None:
         return None  # PartialFC creates a fresh shard from the seed
     start, count = shard_range(num_classes, comm.size, comm.rank)
-    weight, momentum = ckpt.centers(start, count)
+    weight, momentum = ckpt.centers(start, count, cfg.bank_dtype)  # converted if saved in another dtype
     return MemoryBank(weight, momentum, ctx=ctx, storage=cfg.memory_bank, lr_momentum=cfg.momentum,
-                      wd=cfg.weight_decay, copy=False)
+                      wd=cfg.weight_decay, copy=False, dtype=cfg.bank_dtype)
 
 
 def gradients_overflow(mod, comm) -> bool:
@@ -245,7 +341,8 @@ def _save(cfg, comm, mod, sym, fc, num_classes, step, scaler=None):
                 sample_rate=cfg.sample_rate, seed=cfg.seed, batch_size=cfg.batch_size, fp16=cfg.fp16,
                 config=json_config(cfg), trainer={"loss_scale": scaler.state()} if scaler else {})
     path = checkpoint.save(cfg.output, step, comm=comm, symbol=sym, arg_params=arg, aux_params=aux,
-                           save_states=mod.save_optimizer_states, centers=fc.bank.numpy(), meta=meta, keep=cfg.keep_checkpoints)
+                           save_states=mod.save_optimizer_states, centers=fc.bank.numpy(), meta=meta, keep=cfg.keep_checkpoints,
+                           bank_dtype=fc.bank.dtype)
     if comm.rank == 0:
         print(f"saved checkpoint {path}", flush=True)
 

@@ -32,7 +32,9 @@ def test_unknown_key_is_rejected_by_name():
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("PFC_SAMPLE_RATE", "abc", "is not a number"),
+    ("PFC_SAMPLE_RATE", "abc", "is not a finite number"),
+    ("PFC_LR", "nan", "is not a finite number"),
+    ("PFC_COLLECTIVE_TIMEOUT", "inf", "is not a finite number"),
     ("PFC_SAMPLE_RATE", "0", r"must be in \(0, 1\]"),
     ("PFC_SAMPLE_RATE", "1.5", r"must be in \(0, 1\]"),
     ("PFC_BATCH_SIZE", "3.5", "is not an integer"),

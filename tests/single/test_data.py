@@ -447,3 +447,19 @@ def test_synthetic_iter_is_deterministic():
     other = SyntheticIter(8, 1000, rank=0, world_size=2, seed=3, image_size=(16, 16))
     assert not np.array_equal(next(other)[1], y)
     assert len({tuple(v.tolist()) for _, v in batches}) == 4
+
+
+def test_synthetic_identities_recur_with_their_own_image_on_every_rank():
+    C, K = 10_000_000, 16
+    ranks = [SyntheticIter(8, C, rank=r, world_size=2, seed=3, image_size=(8, 8), identities=K) for r in (0, 1)]
+    seen = {}
+    for it in ranks:
+        for images, labels in take(it, 6):
+            for image, label in zip(images, labels.tolist()):
+                assert label in seen or len(seen) < K
+                np.testing.assert_array_equal(seen.setdefault(label, image), image)  # one image per identity
+    assert set(seen) <= {k * C // K for k in range(K)} and len(seen) > K // 2
+    # The identities are spread over the class range, so both halves (both ranks' shards) hold some.
+    assert min(seen) < C // 2 <= max(seen)
+    with pytest.raises(ValueError):
+        SyntheticIter(8, 10, rank=0, world_size=1, identities=11)
