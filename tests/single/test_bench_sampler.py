@@ -46,3 +46,29 @@ def test_sampler_cli_json_without_step():
     assert [(r["n_local"], r["step_s"], r["share"]) for r in report["results"]] == [(1000, None, None),
                                                                                  (2000, None, None)]
     assert report["machine"]["cpu_count"] >= 1
+
+
+def test_share_is_bounded_by_the_same_sized_full_step_when_the_step_does_not_fit(monkeypatch):
+    n, rate, batch, dim = 20_000, 0.1, 8, 16
+    S = num_sampled(n, rate, batch)
+    fits = fc.step_bytes(S, dim, [1.0], batch, "float32")
+    assert fits < fc.step_bytes(n, dim, [rate], batch, "float32")
+    monkeypatch.setattr(fc, "available_memory", lambda: fits)  # the bound's step fits, the real one not
+    monkeypatch.setitem(sampler.TARGET, "n_local", n)
+    timed = []
+    real = sampler._step_time
+
+    def spy(n_local, r, *args):
+        timed.append((n_local, r))
+        return real(n_local, r, *args)
+
+    monkeypatch.setattr(sampler, "_step_time", spy)
+    out = io.StringIO()
+    report = sampler.run(n_local=[n], rate=rate, batch=batch, dim=dim, repeat=2, step_repeat=1, out=out,
+                         log=io.StringIO())
+    [row] = report["results"]
+    assert timed == [(S, 1.0)]  # only the full step over S rows ran, never the real one
+    assert row["step_s"] is None and row["share"] is None and row["share_bound"] > 0
+    [target] = report["targets"]
+    assert target["upper_bound"] and target["value"] == row["share_bound"]
+    assert f"<= {row['share_bound']:.2%}" in out.getvalue() and "upper bound" in out.getvalue()

@@ -8,9 +8,13 @@ its cost is O(sampled rows) per step plus one bool of scratch per shard row. Rep
                  (a fresh step number each call, so each draws a fresh subset)
     step         median seconds of the plain FC step (forward_backward + update, as bench fc times it) at the
                  same rate and N_local, over `step_repeat` steps after one warm-up; measured only when its bank
-                 and working set fit in MemAvailable (bench fc's estimate). Otherwise the step is n/a and so is
-                 the share: no share is ever computed against a step measured at another N_local.
+                 and working set fit in MemAvailable (bench fc's estimate).
     share        sampler / step
+    bound        where that step does not fit (N_local = 1e7 needs ~42 GiB in float32): the r = 1.0 step at
+                 N_local = S, the same number of sampled rows. It does the same [S, D] and [N, S] work (matmuls,
+                 softmax, update of S rows) without sampling, gathering from or scattering into a larger bank,
+                 so it is a lower bound of the step at N_local, and sampler / it an UPPER bound of the share,
+                 reported as such ("<= x %"); never a share against a smaller problem passed off as the real one.
 Target of the issue (shown with pass/fail, never asserted): the sampler at most 2 % of the r = 0.1 FC step at
 N_local = 1e7.
 """
@@ -64,12 +68,19 @@ def run(n_local=DEFAULT_N_LOCAL, rate=DEFAULT_RATE, batch=fc.DEFAULT_BATCH, dim=
         del sampler
         print(f"bench sampler: N_local={n}: sampler {sampler_s * 1e3:.2f} ms per step", file=log, flush=True)
         row = {"n_local": n, "rate": rate, "sampled": sampled, "sampler_s": sampler_s,
-               "step_s": None, "share": None, "step_note": "not measured (--no-step)"}
+               "step_s": None, "share": None, "share_bound": None, "step_note": "not measured (--no-step)"}
         if step:
             need = fc.step_bytes(n, dim, [rate], batch, bank_dtype)
             have = fc.available_memory()
             if have is not None and need > have:
                 row["step_note"] = fc.skip_record(n, [rate], need, have, log)["message"]
+                need_bound = fc.step_bytes(sampled, dim, [1.0], batch, bank_dtype)
+                if sampled < n and (have is None or need_bound <= have):
+                    bound_s = _step_time(sampled, 1.0, batch, dim, step_repeat, seed, bank_dtype,
+                                         rng.integers(0, sampled, size=batch, dtype=np.int64), rng, log)
+                    row["share_bound"] = sampler_s / bound_s
+                    row["step_note"] += (f"; bound: r=1 step at N_local={sampled:,} (same S) took "
+                                         f"{bound_s * 1e3:.0f} ms")
             else:
                 row["step_s"] = _step_time(n, rate, batch, dim, step_repeat, seed, bank_dtype, labels, rng, log)
                 row["share"] = sampler_s / row["step_s"]
@@ -104,9 +115,12 @@ def _targets(rows: list[dict]) -> list[dict]:
     out = []
     for row in rows:
         if row["n_local"] == TARGET["n_local"] and row["rate"] == TARGET["rate"]:
+            value, bound = row["share"], False
+            if value is None and row.get("share_bound") is not None:
+                value, bound = row["share_bound"], True  # an upper bound: passing it passes the target
             out.append({"name": "sampler_share", "n_local": row["n_local"], "rate": row["rate"],
-                        "value": row["share"], "max": TARGET["max_share"],
-                        "pass": None if row["share"] is None else row["share"] <= TARGET["max_share"]})
+                        "value": value, "upper_bound": bound, "max": TARGET["max_share"],
+                        "pass": None if value is None else value <= TARGET["max_share"]})
     return out
 
 
@@ -122,12 +136,16 @@ def format_table(report: dict) -> str:
     targets = {}
     for t in report["targets"]:
         verdict = "n/a (no step measured)" if t["pass"] is None else ("PASS" if t["pass"] else "FAIL")
+        if t.get("upper_bound") and t["pass"] is not None:
+            verdict += " (on the upper bound)"
         targets[t["n_local"]] = f"share<={t['max']:.0%} {verdict}"
     rows = [(f"{r['n_local']:,}", f"{r['sampled']:,}", f"{r['sampler_s'] * 1e3:.3f}",
              "n/a" if r["step_s"] is None else f"{r['step_s'] * 1e3:.1f}",
-             "n/a" if r["share"] is None else f"{r['share']:.2%}",
+             f"{r['share']:.2%}" if r["share"] is not None else
+             (f"<= {r['share_bound']:.2%}" if r.get("share_bound") is not None else "n/a"),
              targets.get(r["n_local"], "-"), r["step_note"]) for r in report["results"]]
     lines += fc.table(("N_local", "S", "sampler ms", "step ms", "share", "target", "step"), rows)
-    lines += ["", "share = sampler ms / FC step ms at the same N_local and rate; n/a where that step was not run.",
+    lines += ["", "share = sampler ms / FC step ms at the same N_local and rate; where that step does not fit, "
+              "'<= x' bounds it by the r=1 step at N_local = S (the same sampled rows, less work).",
               f"wall time {report['wall_s']:.1f} s"]
     return "\n".join(lines) + "\n"
