@@ -235,7 +235,7 @@ def run(cfg: Config) -> list[float]:
         raise TrainingError(f"rank {comm.rank}: collective '{comm.last_collective}' failed: "
                             f"{_first_line(e)}; another rank has probably died (see its output)") from None
     finally:
-        watchdog.disarm()
+        watchdog.close()
         if hasattr(it, "close"):
             it.close()
         report.close()
