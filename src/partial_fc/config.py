@@ -181,6 +181,17 @@ def _parse(key: str, raw: str, typ):
         raise ConfigError(f"{key}={raw!r} is not {kind}") from None
 
 
+# Library settings (not PFC_*) that benchmarks report beside their figures; read here, never set.
+THREAD_SETTINGS = ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS", "OPENBLAS_NUM_THREADS", "MXNET_ENGINE_TYPE",
+                   "HOROVOD_CYCLE_TIME", "HOROVOD_FUSION_THRESHOLD")
+
+
+def thread_settings(environ: Mapping[str, str] | None = None) -> dict:
+    """The thread and Horovod settings of this process's launch environment (None where unset)."""
+    environ = os.environ if environ is None else environ
+    return {k: environ.get(k) for k in THREAD_SETTINGS}
+
+
 def load(environ: Mapping[str, str] | None = None, **overrides) -> Config:
     """Build the Config from PFC_* variables of `environ` (default: os.environ), then `overrides`."""
     environ = os.environ if environ is None else environ

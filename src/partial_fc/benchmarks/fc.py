@@ -41,7 +41,7 @@ import time
 import mxnet as mx
 import numpy as np
 
-from .. import memory_bank
+from .. import config, memory_bank
 from ..dist import LocalComm
 from ..margin import Margin
 from ..memory_bank import MemoryBank
@@ -355,9 +355,7 @@ def machine_info() -> dict:
         "blas": _blas_libraries(),
         "process_threads": _process_threads(),
         # Reported, not set: the launch environment decides these (config.sh / the user's shell).
-        "thread_settings": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS",
-                                                          "OPENBLAS_NUM_THREADS", "MXNET_ENGINE_TYPE",
-                                                          "HOROVOD_CYCLE_TIME", "HOROVOD_FUSION_THRESHOLD")},
+        "thread_settings": config.thread_settings(),
     }
 
 
