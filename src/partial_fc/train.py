@@ -325,13 +325,14 @@ def _bank(cfg, comm, ckpt, num_classes, ctx):
 
 def gradients_overflow(mod, comm) -> bool:
     """Whether any backbone gradient on any rank holds inf or NaN (then every rank skips the step)."""
-    local = 0.0
-    for grads in mod._exec_group.grad_arrays:
-        for g in grads:
-            # Summing in fp32 propagates inf/NaN and cannot itself overflow from finite fp16 values.
-            local += float(mx.nd.sum(g.astype(np.float32)).asscalar())
+    # Summing in fp32 propagates inf/NaN and cannot itself overflow from finite fp16 values. One sum per
+    # array, added on the device, and a single wait: this runs every step.
+    sums = [mx.nd.sum(g if g.dtype == np.float32 else g.astype(np.float32))
+            for grads in mod._exec_group.grad_arrays for g in grads]
+    local = float(mx.nd.add_n(*sums).asscalar()) if sums else 0.0
     flag = mx.nd.array([0.0 if np.isfinite(local) else 1.0])
-    # Horovod: every rank runs this reduction every fp16 step, so the skip decision is the same everywhere.
+    # Horovod: every rank runs this reduction every step, so the decision (stop, or skip in fp16) is the same
+    # everywhere.
     return bool(comm.allreduce(flag, "max", "pfc.grad_overflow").asscalar() > 0)
 
 
