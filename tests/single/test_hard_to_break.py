@@ -367,6 +367,24 @@ def _launch_long(tmp_path, name, **extra):
     return proc, out
 
 
+def _launch_long_until_step(tmp_path, name, step, **extra):
+    """_launch_long, waiting for `step`. A job that crashes with a segfault inside MXNet/Horovod BEFORE this
+    test injects its fault (a rare crash at start-up seen on this stack, cause not found) is launched once
+    more, saying so: the test is about what happens after the fault."""
+    for attempt in (1, 2):
+        proc, out = _launch_long(tmp_path, f"{name}-{attempt}", **extra)
+        try:
+            _wait_for_step(out, step, time.time() + 240, proc)
+            return proc, out
+        except AssertionError as e:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            if attempt == 2 or "Segmentation fault" not in str(e):
+                raise
+            print(f"the job crashed before the fault was injected (segfault in MXNet/Horovod); launching again:\n"
+                  f"{str(e)[-1500:]}")
+
+
 def _finish(proc, hung_after):
     """The job's (exit status, output); a job still running after `hung_after` seconds is hung: the test fails
     (this is the hang the watchdog exists to prevent, not a speed measurement)."""
@@ -384,11 +402,9 @@ def _finish(proc, hung_after):
 @pytest.mark.parametrize("fault", ["stopped", "killed"])
 def test_a_stuck_or_dead_rank_ends_the_job_within_the_timeout(tmp_path, fault):
     timeout = 15
-    proc, out = _launch_long(tmp_path, fault, PFC_COLLECTIVE_TIMEOUT=timeout)
+    proc, out = _launch_long_until_step(tmp_path, fault, 3, PFC_COLLECTIVE_TIMEOUT=timeout)
     try:
-        deadline = time.time() + 240
-        _wait_for_step(out, 3, deadline, proc)
-        victim = _rank_pid(out, 1, deadline)
+        victim = _rank_pid(out, 1, time.time() + 60)
         os.kill(victim, signal.SIGSTOP if fault == "stopped" else signal.SIGKILL)
         # The watchdog's bound is about 1.5 x the timeout; far past it the job is hung, not slow.
         rc, text = _finish(proc, hung_after=4 * timeout + 60)
