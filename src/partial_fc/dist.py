@@ -74,7 +74,7 @@ class HorovodComm:
 
     def broadcast(self, x, root, name):
         self.last_collective = name
-        return self._hvd.broadcast(x, root_rank=root, name=name)
+        return _broadcast_by_sum(self._hvd, x, root, name)
 
     def barrier(self, name="pfc.barrier"):
         self.allreduce(mx.nd.zeros((1,)), "sum", name).wait_to_read()
@@ -143,6 +143,20 @@ def _like(a, x):
     return mx.nd.array(a, ctx=x.context, dtype=a.dtype) if isinstance(x, mx.nd.NDArray) else a
 
 
+def _broadcast_by_sum(hvd, x, root, name):
+    """Rank `root`'s `x` on every rank, carried by a sum-allreduce instead of Horovod's broadcast.
+
+    Horovod 0.28's broadcast has a use-after-free: EnqueueTensorBroadcast (common/operations.cc) writes the
+    op's name to a trace log after queueing the op, and the background thread may already have finished
+    the op and freed the MXNet binding's copy of that name. When the race hits, the process dies with a
+    segfault or heap corruption (here about 1 trainer start-up in 250, inside the parameter broadcast).
+    Its allreduce reads nothing after queueing. Root contributes its values and every other rank zeros, so
+    every rank receives root's values exactly (x + 0 == x; a -0.0 arrives as +0.0, on every rank alike).
+    """
+    part = x if hvd.rank() == root else mx.nd.zeros(x.shape, ctx=x.context, dtype=x.dtype)
+    return hvd.allreduce(part, op=hvd.Sum, name=name)
+
+
 class BackboneSync:
     """Keeps the data-parallel backbone identical on every rank (DESIGN §3 step 9).
 
@@ -160,9 +174,26 @@ class BackboneSync:
             self.rank, self.size = hvd.rank(), hvd.size()
 
     def broadcast_parameters(self, params: dict) -> None:
-        """Overwrite `params` (name -> NDArray, in place) with rank 0's values."""
-        if self._hvd is not None:
-            self._hvd.broadcast_parameters(params, root_rank=0, prefix="backbone.")
+        """Overwrite `params` (name -> NDArray, in place) with rank 0's values.
+
+        One packed collective per dtype rather than one per parameter (a backbone has hundreds), carried by
+        _broadcast_by_sum: Horovod's own broadcast_parameters goes through its faulty broadcast.
+        """
+        if self._hvd is None or self.size == 1:
+            return
+        by_dtype = {}
+        for name in sorted(params):
+            by_dtype.setdefault(np.dtype(params[name].dtype).name, []).append(name)
+        for dtype, names in sorted(by_dtype.items()):
+            ctx = params[names[0]].context
+            flat = mx.nd.concat(*[params[n].as_in_context(ctx).reshape(-1) for n in names], dim=0)
+            flat = _broadcast_by_sum(self._hvd, flat, 0, f"pfc.backbone_parameters.{dtype}")
+            offset = 0
+            for n in names:
+                p = params[n]
+                p[:] = flat[offset:offset + p.size].reshape(p.shape).as_in_context(p.context)
+                offset += p.size
+        mx.nd.waitall()
 
     def optimizer(self, optimizer):
         """Wrap an MXNet optimizer so every update first averages gradients over the ranks.
@@ -219,13 +250,19 @@ class Watchdog:
     def step_limit(self) -> float:
         return self.timeout + (5 * statistics.median(self._recent) if self._recent else 0.0)
 
-    def arm(self, what: str, limit: float | None = None) -> None:
-        """From now on `what` is running, with `limit` seconds (default: step_limit()); timeout <= 0: no limit."""
+    def arm(self, what: str, limit: float | None = None, setting: str | None = None) -> None:
+        """From now on `what` is running, with `limit` seconds (default: step_limit()); timeout <= 0: no limit.
+
+        `setting` names the option an explicit limit comes from, for the message (e.g. "PFC_SLOW_TIMEOUT").
+        """
         if self.timeout <= 0:
             return
-        limit = self.step_limit() if limit is None else limit
+        if limit is None:
+            limit, setting = self.step_limit(), f"PFC_COLLECTIVE_TIMEOUT={self.timeout:g}"
+        elif setting is not None:
+            setting = f"{setting}={limit:g}"
         with self._lock:
-            self._phase = (what, time.monotonic(), limit)
+            self._phase = (what, time.monotonic(), limit, setting)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="pfc-watchdog", daemon=True)
                 self._thread.start()
@@ -242,8 +279,8 @@ class Watchdog:
         self._closed.set()
 
     @contextmanager
-    def watch(self, what: str, limit: float | None = None, *, step: bool = False):
-        self.arm(what, limit)
+    def watch(self, what: str, limit: float | None = None, setting: str | None = None, *, step: bool = False):
+        self.arm(what, limit, setting)
         try:
             yield
         finally:
@@ -257,7 +294,7 @@ class Watchdog:
             if phase is None:
                 self._closed.wait(nap)
                 continue
-            what, started, limit = phase
+            what, started, limit, setting = phase
             waited = time.monotonic() - started
             if waited <= limit:
                 self._closed.wait(max(self._poll, min(limit - waited, nap)))
@@ -267,7 +304,7 @@ class Watchdog:
                     continue
             last = getattr(self.comm, "last_collective", None)
             print(f"partial-fc: error: rank {self.comm.rank}: {what} did not finish within {waited:.0f} s "
-                  f"(limit {limit:.0f} s, PFC_COLLECTIVE_TIMEOUT={self.timeout:g}); the last collective "
+                  f"(limit {limit:.0f} s{', ' + setting if setting else ''}); the last collective "
                   f"this rank issued is '{last}': another rank is dead or stuck, or the ranks disagree on "
                   f"the collectives they run; stopping this rank", file=self._stream or sys.stderr, flush=True)
             self._exit(EXIT_STALLED)

@@ -1,6 +1,7 @@
 """Each transport's collectives do what the operator relies on: rank-ordered rows, exact int64, sums."""
 import mxnet as mx
 import numpy as np
+import pytest
 
 
 def test_allgather_keeps_rank_order_and_exact_int64(comm):
@@ -31,3 +32,54 @@ def test_reducescatter_sums_and_returns_this_ranks_rows(comm):
 def test_broadcast_from_rank_zero(comm):
     x = mx.nd.array(np.full(5, comm.rank + 3, dtype=np.float32))
     assert np.array_equal(comm.broadcast(x, 0, "test.broadcast").asnumpy(), np.full(5, 3.0))
+
+
+def test_broadcast_is_exact_for_integers_and_bytes(comm):
+    big = 2**40 + 3
+    ints = mx.nd.array(np.array([big + comm.rank, -big], dtype=np.int64), dtype=np.int64)
+    assert np.array_equal(comm.broadcast(ints, 0, "test.broadcast_int64").asnumpy(), [big, -big])
+    data = mx.nd.array(np.array([255, 1, comm.rank], dtype=np.uint8), dtype=np.uint8)
+    got = comm.broadcast(data, 0, "test.broadcast_uint8").asnumpy()
+    assert got.dtype == np.uint8 and np.array_equal(got, [255, 1, 0])
+
+
+def _parameters(rank):
+    """A backbone's parameter dict in miniature: several shapes, two dtypes, values that differ by rank."""
+    rng = np.random.default_rng(rank)
+    return {"conv0_weight": mx.nd.array(rng.standard_normal((4, 3, 3, 3)), dtype=np.float32),
+            "bn0_moving_var": mx.nd.array(rng.random(4) + 1, dtype=np.float32),
+            "fc1_bias": mx.nd.array(rng.standard_normal(1), dtype=np.float32),
+            "step_count": mx.nd.array([rank + 7], dtype=np.int32)}
+
+
+def test_backbone_parameters_arrive_from_rank_zero_in_place(comm):
+    from partial_fc import dist
+
+    sync = dist.BackboneSync(comm.transport)
+    params = _parameters(comm.rank)
+    objects = {k: id(v) for k, v in params.items()}
+    sync.broadcast_parameters(params)
+    expected = _parameters(0)
+    for name, value in expected.items():
+        got = params[name]
+        assert id(got) == objects[name] and got.dtype == value.dtype and got.shape == value.shape
+        assert np.array_equal(got.asnumpy(), value.asnumpy()), name
+
+
+def test_no_collective_goes_through_horovods_broadcast(comm, monkeypatch):
+    """Horovod 0.28's broadcast reads freed memory after queueing (a rare crash at start-up): never use it."""
+    from partial_fc import dist
+
+    if comm.transport == "local":
+        pytest.skip("a plain pytest run (world size 1) has no Horovod")
+    import horovod.mxnet as hvd
+
+    def refused(*args, **kwargs):
+        raise AssertionError("Horovod's broadcast was called")
+
+    for name in ("broadcast", "broadcast_", "broadcast_parameters"):
+        monkeypatch.setattr(hvd, name, refused)
+        monkeypatch.setattr(hvd.mpi_ops, name, refused, raising=False)
+    dist.BackboneSync(comm.transport).broadcast_parameters(_parameters(comm.rank))
+    if comm.transport == "horovod":
+        assert comm.broadcast(mx.nd.ones(3), 0, "test.no_hvd_broadcast").asnumpy().tolist() == [1, 1, 1]
