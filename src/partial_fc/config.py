@@ -75,8 +75,9 @@ class Config:
     comm: str = "horovod"              # horovod | mpi | local: transport of the FC's collectives
     collective_timeout: float = 120.0  # seconds a step may wait on the other ranks before this rank stops
                                        # with an error (a dead or stuck peer would hang it forever); 0: never
-    slow_timeout: float = 1800.0       # the same for the first step, verification and checkpoint saving, where
-                                       # ranks wait for one rank's long work (lazy init, evaluation, the slowest writer)
+    slow_timeout: float = 1800.0       # the same for start-up, the first step, verification and checkpoint saving,
+                                       # where ranks wait for one rank's long work (indexing, lazy init, evaluation,
+                                       # the slowest writer)
     seed: int = 0
     frequent: int = 20                 # log every this many steps
     verbose: int = 2000                # verify on the .bin sets every this many steps

@@ -125,62 +125,65 @@ def run(cfg: Config) -> list[float]:
     ctx = _context(comm)
     if cfg.fp16 and ctx.device_type == "cpu":
         raise ConfigError("PFC_FP16=1 needs a GPU: MXNet's CPU build has no fp16 matrix multiply")
-    # Its thread starts with the first step: start-up is left to the launcher (a rank that dies there ends
-    # the job) because a segfault inside Horovod's parameter broadcast showed up, rarely, with the thread
-    # already running (cause not found; see the README's note on it).
     watchdog = dist.Watchdog(comm, cfg.collective_timeout)
-    ckpt = _resume_checkpoint(cfg)
-    start_step = ckpt.step if ckpt else 0
-    total_steps = cfg.total_steps
-    it, num_classes = _open_data(cfg, comm, start_step)
-    _check_same_everywhere(cfg, comm, num_classes)
-    if ckpt is not None:
-        checkpoint.check_compatible(ckpt, network=cfg.network, num_classes=num_classes,
-                                    embedding_size=cfg.embedding_size)
-
-    sym, mod = _bind_backbone(cfg, ctx, ckpt)
-    arg, aux = mod.get_params()
-    params = {**arg, **aux}
-    sync.broadcast_parameters(params)       # Horovod: every rank starts from rank 0's weights
-    mod.set_params({k: params[k] for k in arg}, {k: params[k] for k in aux})
-
-    global_batch = cfg.batch_size * comm.size
-    base_lr = scaled_base(cfg.lr, global_batch)
-    bank_lr = scaled_base(cfg.memory_bank_lr, global_batch)
-    sgd = init_optimizer(mod, sync, lr=base_lr, momentum=cfg.momentum, wd=cfg.weight_decay, fp16=cfg.fp16)
-    rescale = sgd.rescale_grad
-    scaler = None
-    if cfg.fp16:
-        scaler = LossScaler(**(ckpt.meta.get("trainer", {}).get("loss_scale", {}) if ckpt else {}))
-    if ckpt is not None:
-        mod.load_optimizer_states(ckpt.states_path)
-
-    _check_bank_fits_one_ndarray(cfg, comm, num_classes)
-    fc = PartialFC(comm, num_classes, cfg.embedding_size, Margin(cfg.margin_s, *cfg.margins), cfg.sample_rate,
-                   seed=cfg.seed, ctx=ctx, storage=cfg.memory_bank, momentum=cfg.momentum, wd=cfg.weight_decay,
-                   bank_dtype=cfg.bank_dtype,
-                   bank=_bank(cfg, comm, ckpt, num_classes, ctx))
-
-    report = Reporter(cfg.output, active=comm.rank == 0, world_size=comm.size, batch_size=cfg.batch_size,
-                      total_steps=total_steps, frequent=cfg.frequent, start_step=start_step,
-                      tensorboard=cfg.tensorboard)
-    verifier = None
-    if comm.rank == 0:
-        os.makedirs(cfg.output, exist_ok=True)
-        for path in checkpoint.remove_incomplete(cfg.output):
-            report.info(f"removed {path}: left by a save that did not finish")
-        atomic.write_text(os.path.join(cfg.output, "config.json"), cfg.to_json())
-        bins = _verification_sets(cfg)
-        if bins:
-            from .verification import Verifier
-            verifier = Verifier(bins, sym, batch_size=cfg.eval_batch_size)
-        report.info(_banner(cfg, comm, fc, num_classes, start_step, total_steps, bins, ckpt))
-
-    losses, bad_seen = [], 0
+    # Start-up (indexing a large rec, binding, the parameter broadcast) may keep one rank waiting for another.
+    watchdog.arm("start-up", cfg.slow_timeout, "PFC_SLOW_TIMEOUT")
+    it = report = None
     try:
+        ckpt = _resume_checkpoint(cfg)
+        start_step = ckpt.step if ckpt else 0
+        total_steps = cfg.total_steps
+        it, num_classes = _open_data(cfg, comm, start_step)
+        _check_same_everywhere(cfg, comm, num_classes)
+        if ckpt is not None:
+            checkpoint.check_compatible(ckpt, network=cfg.network, num_classes=num_classes,
+                                        embedding_size=cfg.embedding_size)
+
+        sym, mod = _bind_backbone(cfg, ctx, ckpt)
+        arg, aux = mod.get_params()
+        params = {**arg, **aux}
+        sync.broadcast_parameters(params)       # Horovod: every rank starts from rank 0's weights
+        mod.set_params({k: params[k] for k in arg}, {k: params[k] for k in aux})
+
+        global_batch = cfg.batch_size * comm.size
+        base_lr = scaled_base(cfg.lr, global_batch)
+        bank_lr = scaled_base(cfg.memory_bank_lr, global_batch)
+        sgd = init_optimizer(mod, sync, lr=base_lr, momentum=cfg.momentum, wd=cfg.weight_decay, fp16=cfg.fp16)
+        rescale = sgd.rescale_grad
+        scaler = None
+        if cfg.fp16:
+            scaler = LossScaler(**(ckpt.meta.get("trainer", {}).get("loss_scale", {}) if ckpt else {}))
+        if ckpt is not None:
+            mod.load_optimizer_states(ckpt.states_path)
+
+        _check_bank_fits_one_ndarray(cfg, comm, num_classes)
+        fc = PartialFC(comm, num_classes, cfg.embedding_size, Margin(cfg.margin_s, *cfg.margins), cfg.sample_rate,
+                       seed=cfg.seed, ctx=ctx, storage=cfg.memory_bank, momentum=cfg.momentum, wd=cfg.weight_decay,
+                       bank_dtype=cfg.bank_dtype,
+                       bank=_bank(cfg, comm, ckpt, num_classes, ctx))
+
+        report = Reporter(cfg.output, active=comm.rank == 0, world_size=comm.size, batch_size=cfg.batch_size,
+                          total_steps=total_steps, frequent=cfg.frequent, start_step=start_step,
+                          tensorboard=cfg.tensorboard)
+        verifier = None
+        if comm.rank == 0:
+            os.makedirs(cfg.output, exist_ok=True)
+            for path in checkpoint.remove_incomplete(cfg.output):
+                report.info(f"removed {path}: left by a save that did not finish")
+            atomic.write_text(os.path.join(cfg.output, "config.json"), cfg.to_json())
+            bins = _verification_sets(cfg)
+            if bins:
+                from .verification import Verifier
+                verifier = Verifier(bins, sym, batch_size=cfg.eval_batch_size)
+            report.info(_banner(cfg, comm, fc, num_classes, start_step, total_steps, bins, ckpt))
+
+        losses, bad_seen = [], 0
         for step in range(start_step, total_steps):
             # The first step also pays for MXNet's lazy initialisation: give it the longer allowance.
-            watchdog.arm(f"step {step}", cfg.slow_timeout if step == start_step else None)
+            if step == start_step:
+                watchdog.arm(f"step {step}", cfg.slow_timeout, "PFC_SLOW_TIMEOUT")
+            else:
+                watchdog.arm(f"step {step}")
             images, labels = next(it)
             if getattr(it, "bad_records", 0) > bad_seen:
                 bad_seen = it.bad_records
@@ -219,14 +222,14 @@ def run(cfg: Config) -> list[float]:
             done = step + 1
             watchdog.disarm(step=True)
             if done % cfg.verbose == 0 or done == total_steps:
-                watchdog.arm(f"verification after step {done}", cfg.slow_timeout)
+                watchdog.arm(f"verification after step {done}", cfg.slow_timeout, "PFC_SLOW_TIMEOUT")
                 if verifier is not None:
                     report.verification(done, verifier.run(*mod.get_params()))
                 # Horovod: the other ranks wait here for rank 0's evaluation, under the longer allowance.
                 comm.barrier("pfc.verification_done")
                 watchdog.disarm()
             if cfg.save_checkpoints and (done % cfg.save_every == 0 or done == total_steps):
-                with watchdog.watch(f"saving the checkpoint of step {done}", cfg.slow_timeout):
+                with watchdog.watch(f"saving the checkpoint of step {done}", cfg.slow_timeout, "PFC_SLOW_TIMEOUT"):
                     _save(cfg, comm, mod, sym, fc, num_classes, done, scaler)
         report.summary()
     except mx.base.MXNetError as e:
@@ -239,7 +242,8 @@ def run(cfg: Config) -> list[float]:
         watchdog.close()
         if hasattr(it, "close"):
             it.close()
-        report.close()
+        if report is not None:
+            report.close()
     return losses
 
 

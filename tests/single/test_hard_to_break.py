@@ -367,24 +367,6 @@ def _launch_long(tmp_path, name, **extra):
     return proc, out
 
 
-def _launch_long_until_step(tmp_path, name, step, **extra):
-    """_launch_long, waiting for `step`. A job that crashes with a segfault inside MXNet/Horovod BEFORE this
-    test injects its fault (a rare crash at start-up seen on this stack, cause not found) is launched once
-    more, saying so: the test is about what happens after the fault."""
-    for attempt in (1, 2):
-        proc, out = _launch_long(tmp_path, f"{name}-{attempt}", **extra)
-        try:
-            _wait_for_step(out, step, time.time() + 240, proc)
-            return proc, out
-        except AssertionError as e:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            if attempt == 2 or "Segmentation fault" not in str(e):
-                raise
-            print(f"the job crashed before the fault was injected (segfault in MXNet/Horovod); launching again:\n"
-                  f"{str(e)[-1500:]}")
-
-
 def _finish(proc, hung_after):
     """The job's (exit status, output); a job still running after `hung_after` seconds is hung: the test fails
     (this is the hang the watchdog exists to prevent, not a speed measurement)."""
@@ -402,9 +384,11 @@ def _finish(proc, hung_after):
 @pytest.mark.parametrize("fault", ["stopped", "killed"])
 def test_a_stuck_or_dead_rank_ends_the_job_within_the_timeout(tmp_path, fault):
     timeout = 15
-    proc, out = _launch_long_until_step(tmp_path, fault, 3, PFC_COLLECTIVE_TIMEOUT=timeout)
+    proc, out = _launch_long(tmp_path, fault, PFC_COLLECTIVE_TIMEOUT=timeout)
     try:
-        victim = _rank_pid(out, 1, time.time() + 60)
+        deadline = time.time() + 240
+        _wait_for_step(out, 3, deadline, proc)
+        victim = _rank_pid(out, 1, deadline)
         os.kill(victim, signal.SIGSTOP if fault == "stopped" else signal.SIGKILL)
         # The watchdog's bound is about 1.5 x the timeout; far past it the job is hung, not slow.
         rc, text = _finish(proc, hung_after=4 * timeout + 60)
@@ -422,6 +406,20 @@ def test_a_stuck_or_dead_rank_ends_the_job_within_the_timeout(tmp_path, fault):
             text[-3000:]
         assert "another rank is dead or stuck" in text
 
+
+
+def test_a_rank_that_hangs_at_start_up_is_stopped_after_the_slow_timeout(data, tmp_path):
+    """Start-up is watched too: a rank stuck before its first step (here: a settings check that never
+    returns, as when a peer never joins it) stops with the start-up phase named, not a hang."""
+    hang = ("import sys, time\n"
+            "from partial_fc import cli, train\n"
+            "train._check_same_everywhere = lambda *args: time.sleep(600)\n"
+            "sys.exit(cli.main(['train']))\n")
+    env = _env(PFC_DATA_DIR=data / "ok", PFC_OUTPUT=tmp_path / "out", PFC_MAX_STEPS=2, PFC_SLOW_TIMEOUT=3)
+    p = _train(env, cmd=[sys.executable, "-c", hang], timeout=120)
+    assert p.returncode == 3, f"exit {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
+    assert "rank 0: start-up did not finish within" in p.stderr and "(limit 3 s, PFC_SLOW_TIMEOUT=3)" in p.stderr, \
+        p.stderr[-3000:]
 
 # --- 5. exact resume after a kill at a random step -------------------------------------------------------
 
