@@ -33,11 +33,13 @@ from .sharding import shard_range
 
 # A float32 bank whose [S, D] arrays stay within this many elements (16 MB) runs as one chunk. Larger
 # steps go in chunks: one dense pass holds several float32 [S, D] copies (gathered rows, their gradient,
-# momentum rows), which at N_local = 1e6, r = 0.1 put the peak at 1.35x the bank (bench memory); chunked
-# it is 1.15x, and no slower (bench fc).
+# momentum rows), which at N_local = 1e6, r = 0.1 put the peak at 1.35x the bank (bench memory).
 DENSE_ELEMENTS = 1 << 22
-# Otherwise sampled rows go in chunks of this many elements (16 MB of float32 at any D).
-CHUNK_ELEMENTS = 1 << 22
+# Otherwise sampled rows go in chunks of this many elements (4 MB of float32 at any D). Chunk-sized blocks
+# stay in the C heap between steps once glibc serves them from it, so their size sets part of the peak:
+# at N_local = 1e6, r = 0.1, 16 MB chunks peaked at 1.163x the bank, 4 MB chunks at 1.138x (bench memory,
+# both counting the 0.19 GiB MXNet process), at the same step time (bench fc, same idle machine).
+CHUNK_ELEMENTS = 1 << 20
 
 
 def chunk_rows_for(dim: int, bank_dtype: str, sampled: int) -> int:

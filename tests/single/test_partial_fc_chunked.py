@@ -146,7 +146,7 @@ def test_phase_hook_sees_every_phase_and_none_changes_nothing():
 def test_chunk_rule():
     assert chunk_rows_for(512, "float32", 8192) == 8192                # 4 M elements: one piece
     assert chunk_rows_for(512, "float32", 1000) == 1000
-    assert chunk_rows_for(512, "float32", 100_000) == 8192             # above 2^22 elements: chunks
-    assert chunk_rows_for(512, "float16", 1000) == 8192                # compact banks always chunk
+    assert chunk_rows_for(512, "float32", 100_000) == 2048             # above 2^22 elements: 2^20-element chunks
+    assert chunk_rows_for(512, "float16", 1000) == 2048                # compact banks always chunk
     with pytest.raises(ValueError, match="bank_dtype"):
         PartialFC(LocalComm(), C, D, Margin(), 1.0, bank=MemoryBank(problem()[2]), bank_dtype="float16")
