@@ -24,6 +24,8 @@ def test_bench_comm_rows(comm):
     assert step["skipped"] is None and step["n_local"] == 50
     assert 0 < step["share"] <= 1
     assert step["comm_s"] == sum(step["phases_s"].get(p, 0.0) for p in bench_comm.COMM_PHASES)
+    # Lined up, every rank waited at the barriers ("wait") and the collectives alone are a positive share.
+    assert 0 < step["transfer_share"] and "wait" in step["lined_up_phases_s"]
     if comm.rank == 0:
         assert "allgather F" in out.getvalue() and "communication (exchange + scatter)" in out.getvalue()
     else:

@@ -259,13 +259,14 @@ class PhaseClock:
         self.last = now
 
 
-def time_phased_step(op, features, labels, step: int) -> dict:
+def time_phased_step(op, features, labels, step: int, clock: PhaseClock | None = None) -> dict:
     """One operator step with op.phase_hook set: {phase: seconds, ..., "other": rest, "total": seconds}.
 
     "other" is the time after the operator's last phase call (all of the step when the operator never calls
-    the hook), so the phases always sum to "total". The hook is removed afterwards.
+    the hook), so the phases always sum to "total". The hook is removed afterwards. clock: a PhaseClock
+    (subclass) to time with; default a plain one.
     """
-    clock = PhaseClock()
+    clock = clock or PhaseClock()
     op.phase_hook = clock
     try:
         t0 = clock.start()
