@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 
 PROG = "partial-fc"
@@ -468,16 +467,11 @@ _ONE_PROCESS_BENCHMARKS = (["bench", "fc"], ["bench", "sampler"])
 
 
 def _one_process_threads(argv: list[str]) -> None:
-    """Give MXNet every core in a one-process benchmark, as numpy's BLAS has by default.
-
-    Without OMP_NUM_THREADS, MXNet 1.x runs its operators (its matmuls included) on half the cores it sees
-    (it assumes two hyper-threads per core): on a 2-core machine one thread against numpy's two, so the
-    comparison would measure the thread count, not the operator. Only when the user set no thread count,
-    and only before MXNet is imported (it reads the setting once); the tables print the setting used.
-    """
-    if argv[:2] in _ONE_PROCESS_BENCHMARKS and "mxnet" not in sys.modules \
-            and not any(k in os.environ for k in ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")):
-        os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
+    """One-process benchmarks compare MXNet with numpy: both get every core (config.use_every_core), set
+    before anything imports MXNet; the tables print the setting used."""
+    if argv[:2] in _ONE_PROCESS_BENCHMARKS and "mxnet" not in sys.modules:
+        from .config import use_every_core
+        use_every_core()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,8 @@ import json
 import math
 import os
 from dataclasses import dataclass, field, fields
-from typing import Mapping
+from typing import Mapping, MutableMapping
 
-from .margin import PRESETS as MARGIN_PRESETS
 
 PREFIX = "PFC_"
 
@@ -103,6 +102,7 @@ class Config:
         # PFC_NUM_CLASSES is given, which must then agree with it.
         if self.num_classes == 0 and not self.data_dir:
             self.num_classes = DATASETS[self.dataset]["num_classes"]
+        from .margin import PRESETS as MARGIN_PRESETS  # here, not at import: importing config must not load MXNet
         if self.loss not in MARGIN_PRESETS:
             raise ConfigError(f"PFC_LOSS={self.loss!r} is not a known loss (known: {', '.join(MARGIN_PRESETS)})")
         preset = MARGIN_PRESETS[self.loss]
@@ -191,6 +191,19 @@ def thread_settings(environ: Mapping[str, str] | None = None) -> dict:
     """The thread and Horovod settings of this process's launch environment (None where unset)."""
     environ = os.environ if environ is None else environ
     return {k: environ.get(k) for k in THREAD_SETTINGS}
+
+
+def use_every_core(environ: MutableMapping[str, str] | None = None) -> None:
+    """Give MXNet every core (OMP_NUM_THREADS = the core count) unless a thread count is already set.
+
+    Without OMP_NUM_THREADS, MXNet 1.x runs its operators (its matmuls included) on half the cores it sees (it
+    assumes two hyper-threads per core). For a one-process benchmark timed against numpy, whose BLAS uses every
+    core, that would measure the thread count rather than the operator. Effective only before MXNet is
+    imported: it reads the setting once.
+    """
+    environ = os.environ if environ is None else environ
+    if not any(k in environ for k in ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS")):
+        environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
 
 
 def load(environ: Mapping[str, str] | None = None, **overrides) -> Config:

@@ -57,3 +57,25 @@ def test_json_round_trip():
     c = config.load({"PFC_DATASET": "webface", "PFC_SAMPLE_RATE": "0.3"})
     d = json.loads(c.to_json())
     assert d["num_classes"] == 10575 and d["sample_rate"] == 0.3 and d["margins"] == [1.0, 0.5, 0.0]
+
+
+def test_use_every_core_only_where_no_thread_count_is_set():
+    import os
+
+    environ = {}
+    config.use_every_core(environ)
+    assert environ == {"OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+    for key in ("OMP_NUM_THREADS", "MXNET_OMP_MAX_THREADS"):
+        environ = {key: "1"}
+        config.use_every_core(environ)
+        assert environ == {key: "1"}  # the user's setting stands
+
+
+def test_importing_config_and_cli_does_not_load_mxnet():
+    """cli sets the one-process thread count before MXNet loads (MXNet reads it once, at import)."""
+    import subprocess
+    import sys
+
+    code = "import sys, partial_fc.config, partial_fc.cli; print('mxnet' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
