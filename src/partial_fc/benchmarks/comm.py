@@ -175,7 +175,7 @@ def _fc_share(comm, n_local, dim, rate, repeat, seed, bank_dtype, say) -> dict:
     mx.nd.waitall()
     return {"n_local": n_local, "rate": rate, "b_per_rank": b, "share": float(slowest[0]),
             "phased_step_s": float(slowest[1]), "phases_s": phases,
-            "comm_s": sum(phases.get(p, 0.0) for p in COMM_PHASES),
+            "comm_s": comm_of(phases),
             "transfer_share": float(slowest[2]), "lined_up_phases_s": fc.median_phases(lined), "skipped": None}
 
 
@@ -203,8 +203,7 @@ class LinedUpClock(fc.PhaseClock):
         super().__call__(name)
         if name == "softmax":
             t0 = time.perf_counter()
-            self.comm.barrier("bench.line_up")
-            mx.nd.waitall()
+            self.comm.barrier("bench.line_up")  # returns once every rank reached it
             self.last = time.perf_counter()
             self.phases["wait"] = self.phases.get("wait", 0.0) + self.last - t0
 
