@@ -239,10 +239,10 @@ class MemoryBank:
         """SGD step on the sampled rows index[lo:hi]; grad float32 [hi - lo, D].
 
         rows: those rows' current centers as float32, if the caller already gathered them with gather_rows
-        (a compact bank then skips a second gather; the array is used as scratch). float32 storage updates
-        in place and ignores it."""
+        (the bank then skips a second gather; the array is overwritten). Host storage and a full sample of a
+        float32 device bank update the shard in place and ignore it."""
         if self.dtype == "float32":
-            self._update_float32(sample, lo, hi, grad, lr)
+            self._update_float32(sample, lo, hi, grad, lr, rows)
             return
         w = rows if rows is not None else self.gather_rows(sample, lo, hi)
         m = self._take(self.momentum, sample, lo, hi)
@@ -261,7 +261,8 @@ class MemoryBank:
         self._put(self.weight, index, sample.full, from_float32(w, self.dtype))
         self._put(self.momentum, index, sample.full, from_float32(m, self.dtype))
 
-    def _update_float32(self, sample: Sample, lo: int, hi: int, grad: mx.nd.NDArray, lr: float) -> None:
+    def _update_float32(self, sample: Sample, lo: int, hi: int, grad: mx.nd.NDArray, lr: float,
+                        rows: mx.nd.NDArray | None = None) -> None:
         whole = (lo, hi) == (0, self.weight.shape[0])
         if self.storage == "device":
             kw = dict(lr=lr, momentum=self.momentum_coef, wd=self.wd)
@@ -270,7 +271,8 @@ class MemoryBank:
                 mx.nd.sgd_mom_update(w, grad, m, out=w, **kw)  # in place (slices are views of the shard)
                 return
             idx = _index(sample.index[lo:hi], self.ctx)
-            w, m = mx.nd.take(self.weight, idx), mx.nd.take(self.momentum, idx)
+            w = rows if rows is not None else mx.nd.take(self.weight, idx)
+            m = mx.nd.take(self.momentum, idx)
             mx.nd.sgd_mom_update(w, grad, m, out=w, **kw)  # updates m in place too
             self.weight[idx] = w
             self.momentum[idx] = m

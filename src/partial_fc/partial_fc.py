@@ -53,12 +53,13 @@ def chunk_rows_for(dim: int, bank_dtype: str, sampled: int) -> int:
 @dataclass
 class _Backward:
     """What update() needs from forward_backward: the gradient w.r.t. the sampled centers is
-    dW = dcos_w^T . Fh - W * radial, formed chunk by chunk when it is applied."""
+    dW = dcos_t . Fh - W * radial, formed chunk by chunk when it is applied."""
     chunks: list            # [(lo, hi)] row ranges of the sample
     Fh: mx.nd.NDArray       # [N, D] normalised features
-    dcos_w: mx.nd.NDArray   # [N, S] dL/dcos scaled by 1/|w|
+    dcos_t: mx.nd.NDArray   # [S, N] dL/dcos scaled by 1/|w|, transposed: a chunk of sampled rows is a row block
     radial: mx.nd.NDArray   # [S] sum_n dcos_ns cos_ns / |w_s|^2
     weight: mx.nd.NDArray | None  # float32 [S, D] centers kept from the forward pass (one chunk only)
+    scratch: mx.nd.NDArray  # float32 [chunk rows, D] for the elementwise work on a chunk of centers
 
 
 @dataclass
@@ -116,9 +117,10 @@ class PartialFC:
         # Called as phase_hook(name) at the end of each phase (benchmarks time the phases with it and call
         # mx.nd.waitall() there). None: no calls, no waits.
         self.phase_hook = None
+        self._ones_cache: dict[tuple[int, int], mx.nd.NDArray] = {}
 
     def _phase(self, name: str) -> None:
-        """End of a phase: exchange, sample, gather, matmul, softmax, scatter or update (names repeat)."""
+        """End of a phase: exchange, sample, gather, normalise, matmul, softmax, scatter or update (names repeat)."""
         if self.phase_hook is not None:
             self.phase_hook(name)
 
@@ -157,25 +159,29 @@ class PartialFC:
         f_norm = mx.nd.norm(F, axis=1, keepdims=True)                    # [N, 1]
         Fh = mx.nd.broadcast_div(F, f_norm)
         self._phase("softmax")
-        if single:
-            W = self.bank.gather(sample)                                  # [S, D] raw centers, float32
+        D = self.embedding_size
+        scratch = mx.nd.empty((chunks[0][1], D), ctx=self.ctx)
+        sq_norm = mx.nd.empty((S, 1), ctx=self.ctx)                      # |w|^2 of the sampled centers
+        cos = None if single else mx.nd.empty((N, S), ctx=self.ctx)
+        W = None
+        for lo, hi in chunks:
+            W = self.bank.gather_rows(sample, lo, hi)                     # [rows, D] raw centers, float32
             self._phase("gather")
-            w_inv = 1.0 / mx.nd.norm(W, axis=1)                           # [S]
-            # Scale the [N, S] product by 1/|w| instead of normalising the [S, D] centers: one pass fewer.
-            cos = mx.nd.broadcast_mul(mx.nd.dot(Fh, W, transpose_b=True), w_inv.expand_dims(0))
+            # |w|^2 as a product of the squares with a ones vector: MXNet's row reductions (norm, sum over an
+            # axis) run several times slower than its BLAS on CPU.
+            mx.nd.dot(mx.nd.square(W, out=scratch[:hi - lo]), self._ones(D, 1), out=sq_norm[lo:hi])
+            self._phase("normalise")
+            if single:
+                cos = mx.nd.dot(Fh, W, transpose_b=True)
+            else:
+                cos[:, lo:hi] = mx.nd.dot(Fh, W, transpose_b=True)
             self._phase("matmul")
-        else:
+        if not single:
             W = None
-            cos = mx.nd.empty((N, S), ctx=self.ctx)
-            w_inv = mx.nd.empty((S,), ctx=self.ctx)
-            for lo, hi in chunks:
-                Wc = self.bank.gather_rows(sample, lo, hi)
-                self._phase("gather")
-                w_inv[lo:hi] = 1.0 / mx.nd.norm(Wc, axis=1)
-                cos[:, lo:hi] = mx.nd.broadcast_mul(mx.nd.dot(Fh, Wc, transpose_b=True),
-                                                    w_inv[lo:hi].expand_dims(0))
-                self._phase("matmul")
-            del Wc
+        w_inv = mx.nd.rsqrt(sq_norm).reshape((S,))                       # [S]
+        # Scale the [N, S] product by 1/|w| instead of normalising the [S, D] centers: one pass fewer.
+        mx.nd.broadcast_mul(cos, w_inv.expand_dims(0), out=cos)
+        self._phase("normalise")
         z, cache = margin_logits(cos, y, self.margin)
         self._phase("softmax")
 
@@ -194,21 +200,28 @@ class PartialFC:
         del e
         dcos = margin_backward(dz, cache, self.margin)
         del dz, cache
-        dcos_w = mx.nd.broadcast_mul(dcos, w_inv.expand_dims(0))          # dcos / |w|
-        # d/dW of cos = f^.w/|w|: (dW^ - w^ <w^, dW^>)/|w|, where <w^, dW^>_s = sum_n dcos_ns cos_ns.
-        radial = mx.nd.sum(dcos * cos, axis=0) * w_inv * w_inv            # [S]
-        del dcos, cos
+        # d/dW of cos = f^.w/|w|: (dW^ - w^ <w^, dW^>)/|w|, where <w^, dW^>_s = sum_n dcos_ns cos_ns: a column
+        # sum, done as a product with a ones row (cos is not needed afterwards and holds the elementwise product).
+        radial = mx.nd.dot(self._ones(1, N), mx.nd.elemwise_mul(dcos, cos, out=cos)).reshape((S,)) * w_inv * w_inv
+        del cos
+        # dcos / |w| as [S, N]: the chunks' products then read contiguous row blocks of it (no column copies),
+        # and dW = dcos_t . Fh is a plain product.
+        dcos_t = mx.nd.transpose(dcos)
+        del dcos
+        mx.nd.broadcast_mul(dcos_t, w_inv.expand_dims(1), out=dcos_t)
         self._phase("softmax")
-        if single:
-            dFh = mx.nd.dot(dcos_w, W)                                    # [N, D]
-            self._phase("matmul")
-        else:
-            dFh = mx.nd.zeros(F.shape, ctx=self.ctx)
-            for lo, hi in chunks:
-                Wc = self.bank.gather_rows(sample, lo, hi)
+        dFh, part = None, None
+        for lo, hi in chunks:
+            if not single:
+                W = self.bank.gather_rows(sample, lo, hi)
                 self._phase("gather")
-                dFh += mx.nd.dot(mx.nd.slice_axis(dcos_w, axis=1, begin=lo, end=hi), Wc)
-                self._phase("matmul")
+            if dFh is None:
+                dFh = mx.nd.dot(dcos_t[lo:hi], W, transpose_a=True)         # [N, D]
+            else:
+                part = mx.nd.dot(dcos_t[lo:hi], W, transpose_a=True, out=part)
+                dFh += part
+            self._phase("matmul")
+        del part
         dF = mx.nd.broadcast_div(dFh - mx.nd.broadcast_mul(Fh, mx.nd.sum(Fh * dFh, axis=1, keepdims=True)), f_norm)
         self._phase("softmax")
 
@@ -216,15 +229,24 @@ class PartialFC:
         dF_local = comm.reducescatter(dF, "pfc.feature_grad")
         self._phase("scatter")
         return FCStep(loss=float(loss), feature_grad=dF_local, sample=sample, _op=self,
-                      _backward=_Backward(chunks, Fh, dcos_w, radial, W))
+                      _backward=_Backward(chunks, Fh, dcos_t, radial, W if single else None, scratch))
+
+    def _ones(self, rows: int, cols: int) -> mx.nd.NDArray:
+        """A float32 array of ones on the compute context, kept between steps (shapes vary with N and D)."""
+        key = (rows, cols)
+        if key not in self._ones_cache:
+            self._ones_cache[key] = mx.nd.ones(key, ctx=self.ctx)
+        return self._ones_cache[key]
 
     def _center_grad_rows(self, b: _Backward, lo: int, hi: int, W: mx.nd.NDArray) -> mx.nd.NDArray:
         """dL/dW of sampled rows [lo, hi) (float32 [hi - lo, D]) given those rows' centers W."""
-        if len(b.chunks) == 1:
-            dcos_w, radial = b.dcos_w, b.radial
-        else:
-            dcos_w, radial = mx.nd.slice_axis(b.dcos_w, axis=1, begin=lo, end=hi), b.radial[lo:hi]
-        return mx.nd.dot(dcos_w, b.Fh, transpose_a=True) - mx.nd.broadcast_mul(W, radial.expand_dims(1))
+        dW = mx.nd.dot(b.dcos_t[lo:hi], b.Fh)
+        self._phase("matmul")
+        # The tangent projection: dW -= W * radial, through the chunk scratch (no fresh [rows, D] array).
+        proj = mx.nd.broadcast_mul(W, b.radial[lo:hi].expand_dims(1), out=b.scratch[:hi - lo])
+        dW -= proj
+        self._phase("normalise")
+        return dW
 
     def center_grad(self, out: FCStep) -> mx.nd.NDArray:
         """The whole float32 [S, D] center gradient of `out` (FCStep.center_grad); materialises [S, D]."""
@@ -247,8 +269,8 @@ class PartialFC:
                 W = self.bank.gather_rows(out.sample, lo, hi)
                 self._phase("gather")
                 dW = self._center_grad_rows(b, lo, hi, W)
-            self._phase("matmul")
-            # W (a float32 copy, or a view of a float32 shard) doubles as the update's scratch for compact banks.
-            self.bank.update_rows(out.sample, lo, hi, dW, lr, rows=W if self.bank.dtype != "float32" else None)
+            # W (a float32 copy of the rows, or a view of a float32 shard) is the update's input, so the bank
+            # does not gather the rows a second time; the update overwrites it.
+            self.bank.update_rows(out.sample, lo, hi, dW, lr, rows=W)
             self._phase("update")
         out._backward = None  # frees the [N, S] gradient now rather than at the next step

@@ -137,7 +137,7 @@ def test_phase_hook_sees_every_phase_and_none_changes_nothing():
         out = op.forward_backward(mx.nd.array(F), Y, 0)
         op.update(out, LR)
         results.append((out.loss, out.feature_grad.asnumpy(), op.bank.numpy()[0]))
-    assert set(names) == {"exchange", "sample", "gather", "matmul", "softmax", "scatter", "update"}
+    assert set(names) == {"exchange", "sample", "gather", "normalise", "matmul", "softmax", "scatter", "update"}
     assert names[-1] == "update" and names.count("gather") == 3 * 4  # 4 chunks: cosines, dF, update
     assert results[0][0] == results[1][0]
     assert np.array_equal(results[0][1], results[1][1]) and np.array_equal(results[0][2], results[1][2])

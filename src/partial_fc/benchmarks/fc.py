@@ -10,8 +10,10 @@ repeats after one warm-up:
     step          seconds of the plain step
     ratio         t(r_ref) / t(r), r_ref the largest rate; its ceiling is S(r_ref) / S(r)
     sampler       seconds of op.sampler.sample(labels, step) alone, and its share of the step
-    phases        seconds per phase of the phased step: exchange, sample, gather, matmul, softmax, scatter,
-                  update, and "other" (time after the operator's last phase call); they sum to the phased step
+    phases        seconds per phase of the phased step: exchange, sample, gather, normalise (the centers'
+                  norms, the 1/|w| scaling and the gradient's projection), matmul (the matrix products alone),
+                  softmax, scatter, update, and "other" (time after the operator's last phase call); they sum
+                  to the phased step
     matmul        the step's three matmuls (cosines F.W^T, dW = dcos^T.F, dF = dcos.W), 2*B*S*D flops each;
                   GFLOP/s over the "matmul" phase, against a plain numpy float32 [B, D] x [D, S] matmul timed
                   in the same run (the share = matmul-phase GFLOP/s / numpy GFLOP/s); for reference also the
@@ -58,7 +60,7 @@ MATMULS_PER_STEP = 3
 # read and write centers and momentum in the update.
 BANK_PASSES = 5
 # The phases PartialFC.phase_hook reports (names may repeat within a step; the bench adds them up).
-PHASES = ("exchange", "sample", "gather", "matmul", "softmax", "scatter", "update")
+PHASES = ("exchange", "sample", "gather", "normalise", "matmul", "softmax", "scatter", "update")
 GIB = 2.0 ** 30
 
 # The issue's targets. The ratio one holds at N_local = 1e6 only; the others at every N_local.
