@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mxnet as mx
+import numpy as np
+
+from .softmax import set_entries
 
 # arccos has an infinite slope at +-1; float32 cosines can land on or slightly past it.
 COS_CLAMP = 1.0 - 1e-6
@@ -46,35 +49,45 @@ class Margin:
 
 @dataclass
 class MarginCache:
-    onehot: mx.nd.NDArray      # [N, S] one at each row's target column (zero row when off-shard)
-    slope: mx.nd.NDArray       # [N] dz_y/dc_y
-    has_target: mx.nd.NDArray  # [N] 1 where the row's class is on this shard
+    """The target entries of a shard's [N, S] logits: only rows whose class is on this shard have one."""
+    targets: mx.nd.NDArray | None  # int64 [2, K] (row, column) of each target entry; None when K = 0
+    slope: mx.nd.NDArray | None    # [K] dz_y/dc_y at those entries
+    target_logit: mx.nd.NDArray    # [N] z_y where the row's target is on this shard, 0 elsewhere
 
 
-def margin_logits(cos: mx.nd.NDArray, labels: mx.nd.NDArray, margin: Margin):
-    """Logits with the margin on each row's target column.
+def margin_logits(cos: mx.nd.NDArray, labels, margin: Margin, out: mx.nd.NDArray | None = None):
+    """Logits with the margin on each row's target column: s * cos everywhere, z_y on the target entries.
 
     cos:    float [N, S] cosines between all N features and the S sampled centers of this shard.
-    labels: int64 [N] target column of each row in [0, S), or -1 when the row's class is on another shard.
-    Returns (z [N, S], cache) where cache feeds margin_backward.
+    labels: int64 [N] (numpy or NDArray) target column of each row in [0, S), or -1 when the row's class is
+            on another shard.
+    out:    [N, S] array to write the logits into (a new one by default).
+    Returns (z [N, S], cache) where cache feeds margin_backward. The targets are written in place, so no
+    [N, S] one-hot exists: at 10 M classes each [N, S] array is hundreds of MB.
     """
-    onehot = mx.nd.one_hot(labels, cos.shape[1], dtype=cos.dtype)  # all-zero rows for label -1
-    has_target = labels >= 0
-    c_y = mx.nd.pick(cos, mx.nd.maximum(labels, 0), axis=1)
-    z_y, slope = margin.target(c_y)
-    # Replace s*c_y by z_y on the target column only; rows without a target get a zero correction.
-    correction = (z_y - margin.s * c_y) * has_target.astype(cos.dtype)
-    z = margin.s * cos + onehot * correction.expand_dims(1)
-    return z, MarginCache(onehot, slope, has_target)
+    labels = np.asarray(labels.asnumpy() if isinstance(labels, mx.nd.NDArray) else labels)
+    n = cos.shape[0]
+    z = mx.nd._internal._mul_scalar(cos, scalar=margin.s, out=out)
+    rows = np.flatnonzero(labels >= 0)
+    if rows.size == 0:
+        return z, MarginCache(None, None, mx.nd.zeros((n,), ctx=cos.context, dtype=cos.dtype))
+    targets = mx.nd.array(np.stack([rows, labels[rows]]), ctx=cos.context, dtype=np.int64)
+    z_y, slope = margin.target(mx.nd.gather_nd(cos, targets))
+    set_entries(z, targets, z_y)
+    # Every row's target logit in one [N] vector (0 off-shard), what the packed allreduce sums over ranks.
+    target_logit = mx.nd.scatter_nd(z_y, targets[0:1], shape=(n,))
+    return z, MarginCache(targets, slope, target_logit)
 
 
-def margin_backward(dz: mx.nd.NDArray, cache, margin: Margin) -> mx.nd.NDArray:
-    """Gradient w.r.t. the cosines [N, S] given the gradient w.r.t. the logits [N, S]."""
-    onehot, slope, has_target = cache.onehot, cache.slope, cache.has_target
-    # Non-targets have slope s; targets have `slope`. Correct the target column in one broadcast.
-    dz_y = mx.nd.sum(dz * onehot, axis=1)
-    correction = dz_y * (slope - margin.s) * has_target.astype(dz.dtype)
-    return margin.s * dz + onehot * correction.expand_dims(1)
+def margin_backward(dz: mx.nd.NDArray, cache: MarginCache, margin: Margin,
+                    out: mx.nd.NDArray | None = None) -> mx.nd.NDArray:
+    """Gradient w.r.t. the cosines [N, S] given the gradient w.r.t. the logits [N, S]: s * dz, and
+    slope * dz_y on the target entries. out may be dz itself (then dz is overwritten)."""
+    dz_y = None if cache.targets is None else mx.nd.gather_nd(dz, cache.targets)  # read before any overwrite
+    dcos = mx.nd._internal._mul_scalar(dz, scalar=margin.s, out=out)
+    if dz_y is not None:
+        set_entries(dcos, cache.targets, dz_y * cache.slope)
+    return dcos
 
 
 # Named presets users pick with PFC_LOSS.

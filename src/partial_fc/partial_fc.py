@@ -11,12 +11,15 @@ Scaling: gradients are those of the mean loss over the global batch, L = (1/N) s
 gradient returned to rank k is dL/df for its own B rows, so the backbone's parameter gradient is the SUM
 over ranks of what each rank back-propagates (an averaging allreduce must be compensated by W).
 
-Memory: the [S, D] work (gathered centers, their gradient, the momentum update) is done in row chunks of
-the sampled subset when the bank is compact (float16 / bfloat16) or S * D is large, so that the peak beyond
-the bank is the [N, S] logits plus a few chunk-sized float32 arrays, not several [S, D] float32 copies
-(at 10 M classes on 2 ranks, S = 500 k rows of 512: 1 GB each). Chunks are gathered again for the feature
-gradient and for the update instead of being kept; a float32 bank with a small S runs as one chunk, kept
-from the forward pass, which is exactly the unchunked computation.
+Memory and speed: the sampled rows are handled in row chunks, so that besides the bank the step holds two
+[N, S] float32 arrays (cosines, and one buffer that the logits, their exp and gradients overwrite in place)
+and a few chunk-sized ones. A float32 device bank gathers its sampled rows once per step as one float32
+[S, D] copy (a view of the shard at r = 1.0) that the three passes share; a compact (float16 / bfloat16) or
+host bank gathers each chunk again for the feature gradient and for the update instead, so it never holds
+an [S, D] float32 copy (at 10 M classes on 2 ranks, S = 500 k rows of 512: 1 GB). Chunk loops write into
+buffers allocated once per step and wait for a buffer's previous chunk before reusing it: MXNet runs
+asynchronously, and a loop that queued all of its hundreds of chunks at once would allocate every chunk's
+fresh arrays up front.
 """
 from __future__ import annotations
 
@@ -31,9 +34,7 @@ from .memory_bank import MemoryBank
 from .sampler import CenterSampler, Sample
 from .sharding import shard_range
 
-# A float32 bank whose [S, D] arrays stay within this many elements (16 MB) runs as one chunk. Larger
-# steps go in chunks: one dense pass holds several float32 [S, D] copies (gathered rows, their gradient,
-# momentum rows), which at N_local = 1e6, r = 0.1 put the peak at 1.35x the bank (bench memory).
+# Sampled rows whose [S, D] float32 block stays within this many elements (16 MB) run as one chunk.
 DENSE_ELEMENTS = 1 << 22
 # Otherwise sampled rows go in chunks of this many elements (4 MB of float32 at any D). Chunk-sized blocks
 # stay in the C heap between steps once glibc serves them from it, so their size sets part of the peak:
@@ -50,6 +51,22 @@ def chunk_rows_for(dim: int, bank_dtype: str, sampled: int) -> int:
     return max(1, CHUNK_ELEMENTS // dim)
 
 
+class _Alternating:
+    """Two float32 buffers that a chunk loop uses in turn. Taking one waits until MXNet has finished the write
+    queued into it two chunks ago, so Python runs at most two chunks ahead of the engine."""
+
+    def __init__(self, shape: tuple[int, int], ctx):
+        self.size = shape[0] * shape[1]
+        self.flat = [mx.nd.empty((self.size,), ctx=ctx) for _ in range(2)]
+        self.turn = 0
+
+    def take(self, shape: tuple[int, int]) -> mx.nd.NDArray:
+        buf = self.flat[self.turn]
+        self.turn ^= 1
+        buf.wait_to_read()
+        return buf[:shape[0] * shape[1]].reshape(shape)
+
+
 @dataclass
 class _Backward:
     """What update() needs from forward_backward: the gradient w.r.t. the sampled centers is
@@ -58,8 +75,19 @@ class _Backward:
     Fh: mx.nd.NDArray       # [N, D] normalised features
     dcos_t: mx.nd.NDArray   # [S, N] dL/dcos scaled by 1/|w|, transposed: a chunk of sampled rows is a row block
     radial: mx.nd.NDArray   # [S] sum_n dcos_ns cos_ns / |w_s|^2
-    weight: mx.nd.NDArray | None  # float32 [S, D] centers kept from the forward pass (one chunk only)
+    weight: mx.nd.NDArray | None  # float32 [S, D] sampled centers kept from the forward pass (float32 device bank)
     scratch: mx.nd.NDArray  # float32 [chunk rows, D] for the elementwise work on a chunk of centers
+    buffers: "_StepBuffers"  # handed back to the operator for the next step once update() applied this one
+
+
+@dataclass
+class _StepBuffers:
+    """The large per-step arrays, reused from one step to the next. A fresh array of hundreds of MB costs its
+    page faults on every step (on this project's CPU machines about as much as the pass that fills it)."""
+    key: tuple              # (N, S, D, kept): what the arrays were made for
+    cos: mx.nd.NDArray      # [N, S] cosines; later dcos_t (as [S, N]) and scratch for the radial term
+    work: mx.nd.NDArray     # [N, S] logits, then exp, dz and dcos, in place
+    kept: mx.nd.NDArray | None  # [S, D] gathered float32 centers (float32 device bank, sample not full)
 
 
 @dataclass
@@ -118,6 +146,7 @@ class PartialFC:
         # mx.nd.waitall() there). None: no calls, no waits.
         self.phase_hook = None
         self._ones_cache: dict[tuple[int, int], mx.nd.NDArray] = {}
+        self._buffers: _StepBuffers | None = None  # see _take_buffers
 
     def _phase(self, name: str) -> None:
         """End of a phase: exchange, sample, gather, normalise, matmul, softmax, scatter or update (names repeat)."""
@@ -150,78 +179,83 @@ class PartialFC:
         self._phase("exchange")
 
         sample = self.sampler.sample(Y, step)
-        y = mx.nd.array(sample.labels, ctx=self.ctx, dtype=np.int64)
         S = sample.index.size
         chunks = self._chunks(S)
-        single = len(chunks) == 1
         self._phase("sample")
 
         f_norm = mx.nd.norm(F, axis=1, keepdims=True)                    # [N, 1]
         Fh = mx.nd.broadcast_div(F, f_norm)
         self._phase("softmax")
-        D = self.embedding_size
-        scratch = mx.nd.empty((chunks[0][1], D), ctx=self.ctx)
-        sq_norm = mx.nd.empty((S, 1), ctx=self.ctx)                      # |w|^2 of the sampled centers
-        cos = None if single else mx.nd.empty((N, S), ctx=self.ctx)
-        W = None
-        for lo, hi in chunks:
-            W = self.bank.gather_rows(sample, lo, hi)                     # [rows, D] raw centers, float32
+        D, rows = self.embedding_size, chunks[0][1]
+        keep = self.bank.dtype == "float32" and self.bank.storage == "device"
+        buffers = self._take_buffers(N, S, D, keep and not sample.full)
+        kept = None
+        if keep:
+            kept = self.bank.gather(sample, out=buffers.kept)            # [S, D] float32 (the shard when full)
             self._phase("gather")
+        scratch = mx.nd.empty((rows, D), ctx=self.ctx)
+        sq_norm = mx.nd.empty((S, 1), ctx=self.ctx)                      # |w|^2 of the sampled centers
+        cos = buffers.cos
+        products = _Alternating((N, rows), self.ctx) if kept is None and len(chunks) > 1 else None
+        for lo, hi in chunks:
+            W = self._centers(sample, lo, hi, kept)
             # |w|^2 as a product of the squares with a ones vector: MXNet's row reductions (norm, sum over an
             # axis) run several times slower than its BLAS on CPU.
             mx.nd.dot(mx.nd.square(W, out=scratch[:hi - lo]), self._ones(D, 1), out=sq_norm[lo:hi])
             self._phase("normalise")
-            if single:
-                cos = mx.nd.dot(Fh, W, transpose_b=True)
-            else:
-                cos[:, lo:hi] = mx.nd.dot(Fh, W, transpose_b=True)
+            if products is not None:
+                cos[:, lo:hi] = mx.nd.dot(Fh, W, transpose_b=True, out=products.take((N, hi - lo)))
+                self._phase("matmul")
+        if products is None:
+            # All rows at hand (kept, or a single chunk): one product straight into cos, as fast as a plain
+            # matmul; chunk products would have to be copied into its columns.
+            mx.nd.dot(Fh, kept if kept is not None else W, transpose_b=True, out=cos)
             self._phase("matmul")
-        if not single:
-            W = None
+        del W, products
         w_inv = mx.nd.rsqrt(sq_norm).reshape((S,))                       # [S]
         # Scale the [N, S] product by 1/|w| instead of normalising the [S, D] centers: one pass fewer.
         mx.nd.broadcast_mul(cos, w_inv.expand_dims(0), out=cos)
         self._phase("normalise")
-        z, cache = margin_logits(cos, y, self.margin)
+        z, cache = margin_logits(cos, sample.labels, self.margin, out=buffers.work)  # cos is kept for the radial term
+        local_max = softmax.row_max(z)
         self._phase("softmax")
 
         # Horovod: global row max, then row sums and target logits in one packed reduction.
-        M = comm.allreduce(softmax.row_max(z), "max", "pfc.logits_max")
+        M = comm.allreduce(local_max, "max", "pfc.logits_max")
         self._phase("exchange")
-        e = softmax.shifted_exp(z, M)
-        local = softmax.sum_exp_and_target(e, z, cache.onehot)
+        # From here on the [N, S] work runs in place in z's buffer (exp, its gradient, dcos).
+        e = softmax.shifted_exp(z, M, out=z)
         del z
+        local = softmax.sum_exp_and_target(e, cache.target_logit)
         self._phase("softmax")
         packed = comm.allreduce(local, "sum", "pfc.sum_exp_target")
         loss = softmax.loss_per_row(packed, M).mean().asscalar()
         self._phase("exchange")
 
-        dz = softmax.logits_grad(e, packed, cache.onehot, 1.0 / N)
+        dz = softmax.logits_grad(e, packed, cache.targets, 1.0 / N, out=e)
         del e
-        dcos = margin_backward(dz, cache, self.margin)
+        dcos = margin_backward(dz, cache, self.margin, out=dz)
         del dz, cache
         # d/dW of cos = f^.w/|w|: (dW^ - w^ <w^, dW^>)/|w|, where <w^, dW^>_s = sum_n dcos_ns cos_ns: a column
         # sum, done as a product with a ones row (cos is not needed afterwards and holds the elementwise product).
         radial = mx.nd.dot(self._ones(1, N), mx.nd.elemwise_mul(dcos, cos, out=cos)).reshape((S,)) * w_inv * w_inv
-        del cos
-        # dcos / |w| as [S, N]: the chunks' products then read contiguous row blocks of it (no column copies),
-        # and dW = dcos_t . Fh is a plain product.
-        dcos_t = mx.nd.transpose(dcos)
-        del dcos
+        # dcos / |w| as [S, N], in cos's buffer: the chunks' products then read contiguous row blocks of it (no
+        # column copies), and dW = dcos_t . Fh is a plain product.
+        dcos_t = mx.nd.transpose(dcos, out=cos.reshape((S, N)))
+        del dcos, cos
         mx.nd.broadcast_mul(dcos_t, w_inv.expand_dims(1), out=dcos_t)
         self._phase("softmax")
-        dFh, part = None, None
-        for lo, hi in chunks:
-            if not single:
-                W = self.bank.gather_rows(sample, lo, hi)
-                self._phase("gather")
-            if dFh is None:
-                dFh = mx.nd.dot(dcos_t[lo:hi], W, transpose_a=True)         # [N, D]
-            else:
-                part = mx.nd.dot(dcos_t[lo:hi], W, transpose_a=True, out=part)
-                dFh += part
+        if kept is not None:
+            dFh = mx.nd.dot(dcos_t, kept, transpose_a=True)                # [N, D], one product
             self._phase("matmul")
-        del part
+        else:
+            dFh = mx.nd.zeros((N, D), ctx=self.ctx)
+            parts = _Alternating((N, D), self.ctx)
+            for lo, hi in chunks:
+                W = self._centers(sample, lo, hi, None)
+                dFh += mx.nd.dot(dcos_t[lo:hi], W, transpose_a=True, out=parts.take((N, D)))
+                self._phase("matmul")
+            del W, parts
         dF = mx.nd.broadcast_div(dFh - mx.nd.broadcast_mul(Fh, mx.nd.sum(Fh * dFh, axis=1, keepdims=True)), f_norm)
         self._phase("softmax")
 
@@ -229,7 +263,27 @@ class PartialFC:
         dF_local = comm.reducescatter(dF, "pfc.feature_grad")
         self._phase("scatter")
         return FCStep(loss=float(loss), feature_grad=dF_local, sample=sample, _op=self,
-                      _backward=_Backward(chunks, Fh, dcos_t, radial, W if single else None, scratch))
+                      _backward=_Backward(chunks, Fh, dcos_t, radial, kept, scratch, buffers))
+
+    def _take_buffers(self, N: int, S: int, D: int, kept: bool) -> _StepBuffers:
+        """The previous step's buffers when update() gave them back and the shapes match, else new ones (a step
+        whose update never ran keeps its own, so two outstanding steps never share one)."""
+        key = (N, S, D, kept)
+        buffers, self._buffers = self._buffers, None
+        if buffers is None or buffers.key != key:
+            buffers = None  # let the old arrays go before the new ones are made
+            buffers = _StepBuffers(key, mx.nd.empty((N, S), ctx=self.ctx), mx.nd.empty((N, S), ctx=self.ctx),
+                                   mx.nd.empty((S, D), ctx=self.ctx) if kept else None)
+        return buffers
+
+    def _centers(self, sample, lo: int, hi: int, kept: mx.nd.NDArray | None) -> mx.nd.NDArray:
+        """Float32 centers of the sampled rows [lo, hi): a view of the rows kept from the forward pass, or a
+        fresh gather from the bank (phase "gather")."""
+        if kept is not None:
+            return kept if (lo, hi) == (0, kept.shape[0]) else kept[lo:hi]
+        W = self.bank.gather_rows(sample, lo, hi)
+        self._phase("gather")
+        return W
 
     def _ones(self, rows: int, cols: int) -> mx.nd.NDArray:
         """A float32 array of ones on the compute context, kept between steps (shapes vary with N and D)."""
@@ -238,39 +292,39 @@ class PartialFC:
             self._ones_cache[key] = mx.nd.ones(key, ctx=self.ctx)
         return self._ones_cache[key]
 
-    def _center_grad_rows(self, b: _Backward, lo: int, hi: int, W: mx.nd.NDArray) -> mx.nd.NDArray:
-        """dL/dW of sampled rows [lo, hi) (float32 [hi - lo, D]) given those rows' centers W."""
-        dW = mx.nd.dot(b.dcos_t[lo:hi], b.Fh)
+    def _center_grad_rows(self, b: _Backward, lo: int, hi: int, W: mx.nd.NDArray,
+                          out: mx.nd.NDArray | None = None) -> mx.nd.NDArray:
+        """dL/dW of sampled rows [lo, hi) (float32 [hi - lo, D]) given those rows' centers W; written into
+        `out` when given."""
+        dW = mx.nd.dot(b.dcos_t[lo:hi], b.Fh, out=out)
         self._phase("matmul")
         # The tangent projection: dW -= W * radial, through the chunk scratch (no fresh [rows, D] array).
-        proj = mx.nd.broadcast_mul(W, b.radial[lo:hi].expand_dims(1), out=b.scratch[:hi - lo])
-        dW -= proj
+        dW -= mx.nd.broadcast_mul(W, b.radial[lo:hi].expand_dims(1), out=b.scratch[:hi - lo])
         self._phase("normalise")
         return dW
 
     def center_grad(self, out: FCStep) -> mx.nd.NDArray:
         """The whole float32 [S, D] center gradient of `out` (FCStep.center_grad); materialises [S, D]."""
         b = out._backward
-        if len(b.chunks) == 1:
-            return self._center_grad_rows(b, 0, out.sample.index.size, b.weight)
-        return mx.nd.concat(*[self._center_grad_rows(b, lo, hi, self.bank.gather_rows(out.sample, lo, hi))
-                              for lo, hi in b.chunks], dim=0)
+        parts = [self._center_grad_rows(b, lo, hi, self._centers(out.sample, lo, hi, b.weight))
+                 for lo, hi in b.chunks]
+        return parts[0] if len(parts) == 1 else mx.nd.concat(*parts, dim=0)
 
     def update(self, out: FCStep, lr: float) -> None:
         """Apply the center gradient of `out` to the sampled rows of the memory bank, chunk by chunk."""
         b = out._backward
         if b is None:
             raise RuntimeError("this step's center gradient was already applied")
+        grads = _Alternating(b.scratch.shape, self.ctx) if len(b.chunks) > 1 else None
         for lo, hi in b.chunks:
-            if len(b.chunks) == 1:
-                W = b.weight
-                dW = out.center_grad  # formed once and kept: tests and callers may read it afterwards
+            W = self._centers(out.sample, lo, hi, b.weight)
+            if grads is None:
+                dW = out.center_grad  # one chunk: formed once and kept, tests and callers may read it afterwards
             else:
-                W = self.bank.gather_rows(out.sample, lo, hi)
-                self._phase("gather")
-                dW = self._center_grad_rows(b, lo, hi, W)
+                dW = self._center_grad_rows(b, lo, hi, W, out=grads.take((hi - lo, b.scratch.shape[1])))
             # W (a float32 copy of the rows, or a view of a float32 shard) is the update's input, so the bank
             # does not gather the rows a second time; the update overwrites it.
             self.bank.update_rows(out.sample, lo, hi, dW, lr, rows=W)
             self._phase("update")
-        out._backward = None  # frees the [N, S] gradient now rather than at the next step
+        out._backward = None
+        self._buffers = b.buffers  # the next step reuses them

@@ -66,3 +66,39 @@ def test_known_values():
     np.testing.assert_allclose(z.asnumpy(), 64 * np.cos(np.arccos(0.5) + 0.5))
     z, _ = MARGINS["cosface"].target(c)
     np.testing.assert_allclose(z.asnumpy(), 64 * (0.5 - 0.4))
+
+
+def _dense_margin(cos, labels, m):
+    """numpy: s * cos with z_y on each row's target column (rows with label -1 have none)."""
+    z = m.s * cos
+    rows = np.flatnonzero(labels >= 0)
+    if rows.size == 0:
+        return z, rows, np.zeros(0)
+    z_y, slope = m.target(mx.nd.array(cos[rows, labels[rows]], dtype="float64"))
+    z[rows, labels[rows]] = z_y.asnumpy()
+    return z, rows, slope.asnumpy()
+
+
+@pytest.mark.parametrize("labels", [[0, 3, -1, 8], [-1, -1, -1, -1]], ids=["some-targets", "no-target-here"])
+def test_margin_in_place_equals_dense(labels):
+    """The operator writes z into a separate buffer and dcos over dz; both must equal the dense formulas,
+    also on a shard that holds none of the batch's classes (no target entries at all)."""
+    m = MARGINS["arcface"]
+    rng = np.random.default_rng(1)
+    labels = np.array(labels, dtype=np.int64)
+    cos = rng.uniform(-0.9, 0.9, size=(4, 9))
+    dz = rng.normal(size=(4, 9))
+    z_dense, rows, slope = _dense_margin(cos, labels, m)
+    buf = mx.nd.empty(cos.shape, dtype="float64")
+    z, cache = margin_logits(mx.nd.array(cos, dtype="float64"), labels, m, out=buf)
+    assert z is buf
+    np.testing.assert_allclose(z.asnumpy(), z_dense, rtol=1e-12)
+    target_logit = np.zeros(4)
+    target_logit[rows] = z_dense[rows, labels[rows]]
+    np.testing.assert_allclose(cache.target_logit.asnumpy(), target_logit, rtol=1e-12)
+    dcos_dense = m.s * dz
+    dcos_dense[rows, labels[rows]] = dz[rows, labels[rows]] * slope
+    work = mx.nd.array(dz, dtype="float64")
+    dcos = margin_backward(work, cache, m, out=work)
+    assert dcos is work
+    np.testing.assert_allclose(dcos.asnumpy(), dcos_dense, rtol=1e-12)

@@ -128,17 +128,22 @@ def test_center_grad_of_a_chunked_step_is_gone_after_update():
         op.update(out, LR)
 
 
-def test_phase_hook_sees_every_phase_and_none_changes_nothing():
+@pytest.mark.parametrize("dtype, gathers, matmuls", [("float32", 1, 1 + 1 + 4), ("float16", 3 * 4, 3 * 4)])
+def test_phase_hook_sees_every_phase_and_none_changes_nothing(dtype, gathers, matmuls):
+    """A float32 device bank gathers the sampled rows once a step: the cosines and dF are one product each,
+    the update goes by chunk. A compact bank gathers each of the 4 chunks in each pass (cosines, dF, update).
+    The hook changes no result."""
     F, Y, Wc, _ = problem()
     results, names = [], []
     for hook in (None, names.append):
-        op = PartialFC(LocalComm(), C, D, Margin(), 0.5, bank=MemoryBank(Wc), chunk_rows=8)
+        op = PartialFC(LocalComm(), C, D, Margin(), 0.5, bank=MemoryBank(Wc, dtype=dtype), chunk_rows=8)
         op.phase_hook = hook
         out = op.forward_backward(mx.nd.array(F), Y, 0)
         op.update(out, LR)
         results.append((out.loss, out.feature_grad.asnumpy(), op.bank.numpy()[0]))
     assert set(names) == {"exchange", "sample", "gather", "normalise", "matmul", "softmax", "scatter", "update"}
-    assert names[-1] == "update" and names.count("gather") == 3 * 4  # 4 chunks: cosines, dF, update
+    assert names[-1] == "update" and names.count("gather") == gathers
+    assert names.count("matmul") == matmuls
     assert results[0][0] == results[1][0]
     assert np.array_equal(results[0][1], results[1][1]) and np.array_equal(results[0][2], results[1][2])
 
