@@ -343,11 +343,12 @@ def _index(index: np.ndarray, ctx) -> mx.nd.NDArray:
 
 # --- the memory plan: what one rank holds, from the same formula as bank_bytes ---
 
-# [N, S] float32 arrays alive at once at the operator's peak (cosines, one-hot, logits, exp and the
-# temporaries between them; counted from partial_fc.py's forward_backward).
-LIVE_LOGITS = 5
-# float32 [rows, D] arrays alive per chunk of sampled rows (gathered centers, momentum, gradient, scratch).
-LIVE_CHUNKS = 4
+# [N, S] float32 arrays alive at once at the operator's peak: the cosines, and the buffer that the logits,
+# their exp and gradients overwrite in place (partial_fc.py's forward_backward).
+LIVE_LOGITS = 2
+# float32 [rows, D] arrays alive per chunk of sampled rows: the center gradient (two buffers used in turn),
+# the projection scratch, and the chunk's gathered centers and momentum.
+LIVE_CHUNKS = 5
 
 
 def memory_plan(num_classes: int, world_size: int, dim: int = 512, dtype: str = "float16",
@@ -367,12 +368,15 @@ def memory_plan(num_classes: int, world_size: int, dim: int = 512, dtype: str = 
     centers = n_local * dim * itemsize(dtype)
     logits = n * s * 4
     chunk = rows * dim * 4
-    working = LIVE_LOGITS * logits + LIVE_CHUNKS * chunk + 2 * n * dim * 4
+    # A float32 device bank gathers the sampled rows once per step into one float32 [S, D] copy.
+    kept = s * dim * 4 if dtype == "float32" else 0
+    working = LIVE_LOGITS * logits + kept + LIVE_CHUNKS * chunk + 2 * n * dim * 4
     return {
         "num_classes": num_classes, "world_size": world_size, "dim": dim, "dtype": dtype,
         "sample_rate": sample_rate, "batch": batch, "n_local": n_local, "sampled": s, "global_batch": n,
         "centers_bytes": centers, "momentum_bytes": centers, "bank_bytes": bank_bytes(n_local, dim, dtype),
-        "logits_bytes": logits, "chunk_rows": rows, "chunk_bytes": chunk, "working_bytes": working,
+        "logits_bytes": logits, "kept_bytes": kept, "chunk_rows": rows, "chunk_bytes": chunk,
+        "working_bytes": working,
         "total_bytes": bank_bytes(n_local, dim, dtype) + working,
     }
 

@@ -36,8 +36,10 @@ def test_memory_rows(monkeypatch):
     # The touched bank is resident: the child's peak is at least most of it above the baseline.
     assert f32["net_bytes"] >= 0.9 * f32["analytic_bytes"]
     assert f32["vs_float32"] == 1.0 and f16["vs_float32"] == f16["peak_bytes"] / f32["peak_bytes"]
-    assert [(t["dtype"], t["max"]) for t in report["targets"]] == [("float32", 1.15), ("float16", 1.15)]
-    assert all(t["pass"] == (t["value"] <= 1.15) for t in report["targets"])
+    assert [(t["dtype"], t["name"], t["max"]) for t in report["targets"]] == [
+        ("float32", "peak_ratio", 1.15), ("float16", "vs_float32", 0.55)]
+    assert report["targets"][1]["value"] == f16["vs_float32"]
+    assert all(t["pass"] == (t["value"] <= t["max"]) for t in report["targets"])
     text = out.getvalue()
     assert "COUNTS the baseline" in text and "100,000" in text and "ratio<=1.15" in text
 

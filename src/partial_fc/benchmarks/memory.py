@@ -15,8 +15,8 @@ A separate child that only imports the same modules gives the baseline (its VmHW
     ratio        peak / analytic: this COUNTS the baseline (the strict reading of "peak per rank")
     net ratio    (peak - baseline) / analytic
     vs float32   peak / peak of the float32 bank at the same (N_local, r)
-Target of the issue (shown with pass/fail, never asserted): ratio <= 1.15 at r = 0.1, N_local = 1e6 (for each
-dtype). A point whose estimated need (bench fc's estimate) exceeds MemAvailable is skipped with its numbers.
+Targets of the issue (shown with pass/fail, never asserted), at r = 0.1, N_local = 1e6: the float32 ratio
+<= 1.15; a compact (float16 / bfloat16) bank's "vs float32" <= 0.55 ("fp16 storage halves it"). A point whose estimated need (bench fc's estimate) exceeds MemAvailable is skipped with its numbers.
 """
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ DEFAULT_STEPS = 3
 DEFAULT_DTYPES = ("float32", "float16")
 CHILD_TIMEOUT_S = 1800
 TARGET = {"n_local": 1_000_000, "rate": 0.1, "max_ratio": 1.15}
+# "fp16 storage halves it": a compact bank's peak within 10 % of half the float32 bank's, same point.
+TARGET_COMPACT = {"max_vs_float32": 0.55}
 
 
 def bank_dtype(text: str) -> str:
@@ -175,8 +177,9 @@ def format_table(report: dict) -> str:
         f"baseline (a process that imported mxnet and the operator): {_gib(base['peak_bytes'])} GiB",
         "",
     ]
-    verdicts = {(t["n_local"], t["rate"], t["dtype"]): f"ratio<={t['max']:g} {'PASS' if t['pass'] else 'FAIL'}"
-                for t in report["targets"]}
+    label = {"peak_ratio": "ratio", "vs_float32": "vs float32"}
+    verdicts = {(t["n_local"], t["rate"], t["dtype"]):
+                f"{label[t['name']]}<={t['max']:g} {'PASS' if t['pass'] else 'FAIL'}" for t in report["targets"]}
     head = ("N_local", "r", "dtype", "analytic GiB", "peak GiB", "peak-base GiB", "ratio", "net ratio",
             "create peak", "steps peak", "vs float32", "target")
     rows = [(f"{r['n_local']:,}", f"{r['rate']:g}", r["dtype"], _gib(r["analytic_bytes"]), _gib(r["peak_bytes"]),
@@ -198,9 +201,20 @@ def format_table(report: dict) -> str:
 
 
 def _targets(rows: list[dict]) -> list[dict]:
-    return [{"name": "peak_ratio", "n_local": r["n_local"], "rate": r["rate"], "dtype": r["dtype"],
-             "value": r["ratio"], "max": TARGET["max_ratio"], "pass": r["ratio"] <= TARGET["max_ratio"]}
-            for r in rows if r["n_local"] == TARGET["n_local"] and r["rate"] == TARGET["rate"]]
+    """At the target point: the float32 peak against centers + momentum; a compact bank's peak against the
+    float32 one's (what storing float16 saves), where both were measured."""
+    out = []
+    for r in rows:
+        if r["n_local"] != TARGET["n_local"] or r["rate"] != TARGET["rate"]:
+            continue
+        if r["dtype"] == "float32":
+            out.append({"name": "peak_ratio", "n_local": r["n_local"], "rate": r["rate"], "dtype": r["dtype"],
+                        "value": r["ratio"], "max": TARGET["max_ratio"], "pass": r["ratio"] <= TARGET["max_ratio"]})
+        elif r["vs_float32"] is not None:
+            limit = TARGET_COMPACT["max_vs_float32"]
+            out.append({"name": "vs_float32", "n_local": r["n_local"], "rate": r["rate"], "dtype": r["dtype"],
+                        "value": r["vs_float32"], "max": limit, "pass": r["vs_float32"] <= limit})
+    return out
 
 
 if __name__ == "__main__":
