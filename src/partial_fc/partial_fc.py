@@ -16,10 +16,11 @@ Memory and speed: the sampled rows are handled in row chunks, so that besides th
 and a few chunk-sized ones. A float32 device bank gathers its sampled rows once per step as one float32
 [S, D] copy (a view of the shard at r = 1.0) that the three passes share; a compact (float16 / bfloat16) or
 host bank gathers each chunk again for the feature gradient and for the update instead, so it never holds
-an [S, D] float32 copy (at 10 M classes on 2 ranks, S = 500 k rows of 512: 1 GB). Chunk loops write into
-buffers allocated once per step and wait for a buffer's previous chunk before reusing it: MXNet runs
-asynchronously, and a loop that queued all of its hundreds of chunks at once would allocate every chunk's
-fresh arrays up front.
+an [S, D] float32 copy (at 10 M classes on 2 ranks, S = 500 k rows of 512: 1 GB). The [N, S] arrays and
+the [S, D] copy pass from one step to the next once update() has applied a step (fresh ones would cost their
+page faults every step). Chunk loops write into buffers allocated once per step and wait for a buffer's
+previous chunk before reusing it: MXNet runs asynchronously, and a loop that queued all of its hundreds of
+chunks at once would allocate every chunk's fresh arrays up front.
 """
 from __future__ import annotations
 

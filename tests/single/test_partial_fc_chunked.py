@@ -155,3 +155,28 @@ def test_chunk_rule():
     assert chunk_rows_for(512, "float16", 1000) == 2048                # compact banks always chunk
     with pytest.raises(ValueError, match="bank_dtype"):
         PartialFC(LocalComm(), C, D, Margin(), 1.0, bank=MemoryBank(problem()[2]), bank_dtype="float16")
+
+
+def test_two_outstanding_steps_do_not_share_buffers():
+    """The operator hands its large arrays from one step to the next only once update() has applied a step:
+    a second forward_backward before the first step's update must not write into the first step's arrays."""
+    F, Y, Wc, mom = problem()
+
+    def op():
+        return PartialFC(LocalComm(), C, D, Margin(4.0, *PRESETS["arcface"]), 0.5,
+                         bank=MemoryBank(Wc, mom, lr_momentum=MU, wd=WD), seed=SEED, chunk_rows=8)
+
+    alone = op()
+    ref = alone.forward_backward(mx.nd.array(F), Y, 0)
+    ref_grad = ref.center_grad.asnumpy()
+    alone.update(ref, LR)
+    for _ in range(2):  # the second round runs on arrays handed back by the first round's update
+        both = op()
+        first = both.forward_backward(mx.nd.array(F), Y, 0)
+        second = both.forward_backward(mx.nd.array(F[::-1].copy()), Y[::-1].copy(), 1)
+        assert first.loss == ref.loss
+        np.testing.assert_array_equal(first.feature_grad.asnumpy(), ref.feature_grad.asnumpy())
+        np.testing.assert_array_equal(first.center_grad.asnumpy(), ref_grad)
+        both.update(first, LR)
+        np.testing.assert_array_equal(both.bank.numpy()[0], alone.bank.numpy()[0])
+        both.update(second, LR)
