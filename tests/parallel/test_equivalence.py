@@ -38,6 +38,18 @@ def sampled_classes(Y, world, rate):
     return np.concatenate(ids)
 
 
+def assert_matches_dense(out, grad, F, Y, Wc, rate, margins, scale, rows, start, world):
+    """Loss, this rank's feature gradient and its sampled centers' gradient `grad` against the dense run over
+    every rank's sampled classes; returns (the dense result, which of its rows are this rank's)."""
+    classes = sampled_classes(Y, world, rate)
+    ref = dense(F, Y, Wc[classes], classes, margins, scale)
+    assert_close(out.loss, ref.loss, what="loss")
+    assert_close(out.feature_grad.asnumpy(), ref.dF[rows], what="feature gradient")
+    mine = np.isin(classes, start + out.sample.index)
+    assert_close(grad, ref.dW[mine], what="center gradient")
+    return ref, mine
+
+
 # s = 64 (the default) makes the softmax nearly one-hot on random data; s = 4 spreads it over every class
 # so that all entries of the gradients carry weight in the comparison.
 @pytest.mark.parametrize("scale", [64.0, 4.0])
@@ -155,12 +167,7 @@ def test_chunked_step_with_each_bank_dtype_equals_dense_reference(comm, dtype, r
     grad = out.center_grad.asnumpy()
     op.update(out, LR)
 
-    classes = sampled_classes(Y, W_, rate)
-    ref = dense(F, Y, Wc[classes], classes, margins, 4.0)
-    assert_close(out.loss, ref.loss, what="loss")
-    assert_close(out.feature_grad.asnumpy(), ref.dF[rows], what="feature gradient")
-    mine = np.isin(classes, start + out.sample.index)
-    assert_close(grad, ref.dW[mine], what="center gradient")
+    ref, mine = assert_matches_dense(out, grad, F, Y, Wc, rate, margins, 4.0, rows, start, W_)
 
     idx = out.sample.index
     w_new, m_new = bank.numpy_float32()
@@ -201,12 +208,7 @@ def test_shards_without_any_target_still_match(comm, rate):
     grad = out.center_grad.asnumpy()
     op.update(out, LR)
 
-    classes = sampled_classes(Y, W_, rate)
-    ref = dense(F, Y, Wc[classes], classes, margins, 4.0)
-    assert_close(out.loss, ref.loss, what="loss")
-    assert_close(out.feature_grad.asnumpy(), ref.dF[rows], what="feature gradient")
-    mine = np.isin(classes, start + out.sample.index)
-    assert_close(grad, ref.dW[mine], what="center gradient")
+    ref, mine = assert_matches_dense(out, grad, F, Y, Wc, rate, margins, 4.0, rows, start, W_)
     w_ref, m_ref = sgd_momentum(Wc[start + out.sample.index].astype(np.float64),
                                 mom[start + out.sample.index].astype(np.float64), ref.dW[mine], LR, MU, WD)
     assert_close(bank.numpy()[0][out.sample.index], w_ref, what="centers after update")
