@@ -15,7 +15,7 @@ Memory and speed: the sampled rows are handled in row chunks, so that besides th
 [N, S] float32 arrays (cosines, and one buffer that the logits, their exp and gradients overwrite in place)
 and a few chunk-sized ones. A float32 device bank gathers its sampled rows once per step as one float32
 [S, D] copy (a view of the shard at r = 1.0) that the three passes share; a compact (float16 / bfloat16) or
-host bank gathers each chunk again for the feature gradient and for the update instead, so it never holds
+host bank with several chunks gathers each again for the feature gradient and for the update, so it never holds
 an [S, D] float32 copy (at 10 M classes on 2 ranks, S = 500 k rows of 512: 1 GB). The [N, S] arrays and
 the [S, D] copy pass from one step to the next once update() has applied a step (fresh ones would cost their
 page faults every step). Chunk loops write into buffers allocated once per step and wait for a buffer's
@@ -76,7 +76,7 @@ class _Backward:
     Fh: mx.nd.NDArray       # [N, D] normalised features
     dcos_t: mx.nd.NDArray   # [S, N] dL/dcos scaled by 1/|w|, transposed: a chunk of sampled rows is a row block
     radial: mx.nd.NDArray   # [S] sum_n dcos_ns cos_ns / |w_s|^2
-    weight: mx.nd.NDArray | None  # float32 [S, D] sampled centers kept from the forward pass (float32 device bank)
+    weight: mx.nd.NDArray | None  # float32 [S, D] centers kept from the forward (float32 device bank, or one chunk)
     scratch: mx.nd.NDArray  # float32 [chunk rows, D] for the elementwise work on a chunk of centers
     buffers: "_StepBuffers"  # handed back to the operator for the next step once update() applied this one
 
@@ -208,9 +208,10 @@ class PartialFC:
                 cos[:, lo:hi] = mx.nd.dot(Fh, W, transpose_b=True, out=products.take((N, hi - lo)))
                 self._phase("matmul")
         if products is None:
-            # All rows at hand (kept, or a single chunk): one product straight into cos, as fast as a plain
-            # matmul; chunk products would have to be copied into its columns.
-            mx.nd.dot(Fh, kept if kept is not None else W, transpose_b=True, out=cos)
+            # All rows at hand (kept, or a single chunk, which is then kept for dF and the update): one product
+            # straight into cos, as fast as a plain matmul; chunk products would have to be copied into its columns.
+            kept = W if kept is None else kept
+            mx.nd.dot(Fh, kept, transpose_b=True, out=cos)
             self._phase("matmul")
         del W, products
         w_inv = mx.nd.rsqrt(sq_norm).reshape((S,))                       # [S]
