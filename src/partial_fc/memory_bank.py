@@ -216,12 +216,17 @@ class MemoryBank:
             values = self._device_array(np.ascontiguousarray(values))
         if contiguous:
             array[int(index[0]):int(index[0]) + len(index)] = values
-        elif self.dtype == "bfloat16":
-            array[_index(index, self.ctx)] = values
+        else:
+            self._scatter_rows(array, _index(index, self.ctx), values)
+
+    def _scatter_rows(self, array: mx.nd.NDArray, idx: mx.nd.NDArray, values: mx.nd.NDArray) -> None:
+        """array[idx] = values for an int64 row index NDArray, on device storage."""
+        if self.dtype == "bfloat16":
+            array[idx] = values
         else:
             # The scatter op itself: about twice as fast as NDArray item assignment with an index array.
-            mx.nd._internal._scatter_set_nd(lhs=array, rhs=values, indices=_index(index, self.ctx).reshape((1, -1)),
-                                            shape=array.shape, out=array)
+            mx.nd._internal._scatter_set_nd(lhs=array, rhs=values, indices=idx.reshape((1, -1)), shape=array.shape,
+                                            out=array)
 
     # --- float32 views of rows ---
 
@@ -283,13 +288,12 @@ class MemoryBank:
                 w, m = (self.weight, self.momentum) if whole else (self.weight[lo:hi], self.momentum[lo:hi])
                 mx.nd.sgd_mom_update(w, grad, m, out=w, **kw)  # in place (slices are views of the shard)
                 return
-            index = sample.index[lo:hi]
-            idx = _index(index, self.ctx)
+            idx = _index(sample.index[lo:hi], self.ctx)
             w = rows if rows is not None else mx.nd.take(self.weight, idx)
             m = mx.nd.take(self.momentum, idx)
             mx.nd.sgd_mom_update(w, grad, m, out=w, **kw)  # updates m in place too
-            self._put(self.weight, index, False, w)
-            self._put(self.momentum, index, False, m)
+            self._scatter_rows(self.weight, idx, w)
+            self._scatter_rows(self.momentum, idx, m)
             return
         g = grad.asnumpy()
         if sample.full:

@@ -16,7 +16,8 @@ A separate child that only imports the same modules gives the baseline (its VmHW
     net ratio    (peak - baseline) / analytic
     vs float32   peak / peak of the float32 bank at the same (N_local, r)
 Targets of the issue (shown with pass/fail, never asserted), at r = 0.1, N_local = 1e6: the float32 ratio
-<= 1.15; a compact (float16 / bfloat16) bank's "vs float32" <= 0.55 ("fp16 storage halves it"). A point whose estimated need (bench fc's estimate) exceeds MemAvailable is skipped with its numbers.
+<= 1.15; a compact (float16 / bfloat16) bank's "vs float32" <= 0.55 ("fp16 storage halves it"). A point
+whose estimated need (bench fc's estimate) exceeds MemAvailable is skipped with its numbers.
 """
 from __future__ import annotations
 
