@@ -2,7 +2,8 @@
 
 Only the rows sampled in a step are read, updated and written back (sparse SGD with momentum and
 weight decay, the same update rule as MXNet's sgd_mom_update); rows not sampled keep both their weight
-and their momentum untouched. Centers are never allreduced: each rank owns its rows outright.
+and their momentum untouched. On a float32 CPU bank the sampled rows are updated where they lie by a native
+operator (native/row_update.cc); elsewhere stock operators update gathered copies and scatter them back. Centers are never allreduced: each rank owns its rows outright.
 
 Storage "device" keeps both arrays as NDArrays on the compute context; "host" keeps them as numpy arrays
 in host memory (for GPU runs whose shard does not fit next to the backbone) and moves only sampled rows.
@@ -17,6 +18,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import glob
+import logging
+import os
 
 import mxnet as mx
 import numpy as np
@@ -257,7 +261,7 @@ class MemoryBank:
         """SGD step on the sampled rows index[lo:hi]; grad float32 [hi - lo, D].
 
         rows: those rows' current centers as float32, if the caller already gathered them with gather_rows
-        (the bank then skips a second gather; the array is overwritten). Host storage and a full sample of a
+        (the bank then skips a second gather; the array may be overwritten). Host storage and a full sample of a
         float32 device bank update the shard in place and ignore it."""
         if self.dtype == "float32":
             self._update_float32(sample, lo, hi, grad, lr, rows)
@@ -290,6 +294,11 @@ class MemoryBank:
                 return
             idx = _index(sample.index[lo:hi], self.ctx)
             w = rows if rows is not None else mx.nd.take(self.weight, idx)
+            update_in_place = native_row_update(self.ctx)
+            if update_in_place is not None:
+                update_in_place(self.weight, self.momentum, w, grad, idx, **kw)
+                return
+            # Stock operators: update gathered copies of the rows, then scatter both back (twice the traffic).
             m = mx.nd.take(self.momentum, idx)
             mx.nd.sgd_mom_update(w, grad, m, out=w, **kw)  # updates m in place too
             self._scatter_rows(self.weight, idx, w)
@@ -339,6 +348,40 @@ def release_free_memory() -> None:
 
 
 _malloc_trim = None
+
+
+_NATIVE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
+_native = {}  # device type -> the loaded operator, or None where it is not available
+_log = logging.getLogger(__name__)
+
+
+def native_row_update(ctx):
+    """mx.nd.pfc_sgd_mom_rows (native/row_update.cc: SGD with momentum on rows of the bank, in place), or None
+    where the bank's context cannot run it.
+
+    The operator is CPU only; GPU banks and a CPU bank without the compiled library (the project not
+    installed by scripts/install.sh) take the stock-operator path, which computes the same numbers with about
+    twice the memory traffic. The library is loaded once per process, on first use."""
+    kind = ctx.device_type
+    if kind not in _native:
+        _native[kind] = _load_native() if kind == "cpu" else None
+    return _native[kind]
+
+
+def _load_native():
+    found = sorted(glob.glob(os.path.join(_NATIVE_DIR, "_row_update*.so")))
+    if not found:
+        _log.warning("%s: no compiled _row_update library (run scripts/install.sh); the sampled center update "
+                     "uses stock MXNet operators, about twice as slow", _NATIVE_DIR)
+        return None
+    try:
+        mx.library.load(found[-1], verbose=False)
+    except mx.base.MXNetError as e:
+        _log.warning("%s: cannot be loaded by this MXNet (%s); rebuild it with scripts/install.sh. The sampled "
+                     "center update uses stock MXNet operators, about twice as slow", found[-1],
+                     str(e).strip().splitlines()[-1])
+        return None
+    return mx.nd.pfc_sgd_mom_rows
 
 
 def _index(index: np.ndarray, ctx) -> mx.nd.NDArray:

@@ -113,6 +113,79 @@ def test_rows_are_widened_exactly_and_written_back_rounded(storage, dtype):
     assert np.array_equal(w, expect)
 
 
+def _float32_banks(count=50, dim=7, seed=3):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((count, dim)).astype(np.float32)
+    m = (rng.standard_normal((count, dim)) * 0.1).astype(np.float32)
+    return w, m, [MemoryBank(w, m, lr_momentum=0.9, wd=5e-4) for _ in range(2)]
+
+
+def test_native_row_update_equals_stock_operators_bit_for_bit(monkeypatch):
+    """The in-place operator must compute exactly what sgd_mom_update on gathered copies computes, with or
+    without the caller's gathered rows, and touch only the sampled rows."""
+    assert memory_bank.native_row_update(mx.cpu()) is not None, "the native row update is not built"
+    w, m, (native, stock) = _float32_banks()
+    rng = np.random.default_rng(4)
+    sample = Sample(index=np.sort(rng.choice(50, 23, replace=False)), labels=np.zeros(0, np.int64), full=False)
+    grads = [mx.nd.array(rng.standard_normal((hi - lo, 7)).astype(np.float32)) for lo, hi in ((0, 10), (10, 23))]
+    for step, lr in enumerate((0.1, 0.05)):           # twice: the second step reads momentum the first wrote
+        for bank, patch in ((native, None), (stock, {"cpu": None})):
+            with monkeypatch.context() as mp:
+                if patch is not None:
+                    mp.setattr(memory_bank, "_native", patch)
+                for (lo, hi), g in zip(((0, 10), (10, 23)), grads):
+                    rows = bank.gather_rows(sample, lo, hi) if step else None
+                    bank.update_rows(sample, lo, hi, g, lr, rows=rows)
+    wn, mn = native.numpy()
+    ws, ms = stock.numpy()
+    assert np.array_equal(wn, ws) and np.array_equal(mn, ms)
+    untouched = np.setdiff1d(np.arange(50), sample.index)
+    assert np.array_equal(wn[untouched], w[untouched]) and np.array_equal(mn[untouched], m[untouched])
+    assert not np.array_equal(wn[sample.index], w[sample.index])
+
+
+def test_native_row_update_rejects_bad_input():
+    op = memory_bank.native_row_update(mx.cpu())
+    assert op is not None, "the native row update is not built"
+    w, m = mx.nd.zeros((5, 3)), mx.nd.zeros((5, 3))
+    rows, grad = mx.nd.ones((2, 3)), mx.nd.ones((2, 3))
+    kw = dict(lr=0.1, momentum=0.9, wd=0.0)
+    with pytest.raises(mx.base.MXNetError, match="index 5 outside the bank's 5 rows"):
+        op(w, m, rows, grad, mx.nd.array([1, 5], dtype=np.int64), **kw)
+        mx.nd.waitall()
+    with pytest.raises(mx.base.MXNetError, match="index must be int64"):
+        op(w, m, rows, grad, mx.nd.array([1, 2], dtype=np.int32), **kw)
+    with pytest.raises(mx.base.MXNetError, match="rows = grad"):
+        op(w, m, rows, mx.nd.ones((2, 4)), mx.nd.array([1, 2], dtype=np.int64), **kw)
+    with pytest.raises(mx.base.MXNetError, match="attribute 'wd' is required"):
+        op(w, m, rows, grad, mx.nd.array([1, 2], dtype=np.int64), lr=0.1, momentum=0.9)
+    assert not w.asnumpy().any() and not m.asnumpy().any()   # nothing was written by a rejected call
+
+
+def test_without_the_native_library_the_update_falls_back_and_says_so(monkeypatch, tmp_path, caplog):
+    """A project not installed by scripts/install.sh (no compiled library), or a library this MXNet cannot
+    load, still trains, on stock operators, with a warning naming the file."""
+    monkeypatch.setattr(memory_bank, "_native", {})
+    monkeypatch.setattr(memory_bank, "_NATIVE_DIR", str(tmp_path))
+    with caplog.at_level("WARNING", logger="partial_fc.memory_bank"):
+        assert memory_bank.native_row_update(mx.cpu()) is None
+    assert str(tmp_path) in caplog.text and "scripts/install.sh" in caplog.text
+    (tmp_path / "_row_update.cpython-311-x86_64-linux-gnu.so").write_bytes(b"not a library")
+    monkeypatch.setattr(memory_bank, "_native", {})
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="partial_fc.memory_bank"):
+        assert memory_bank.native_row_update(mx.cpu()) is None
+    assert "_row_update.cpython-311-x86_64-linux-gnu.so: cannot be loaded" in caplog.text
+    # The fallback computes the same step.
+    w, m, (bank, _) = _float32_banks()
+    sample = Sample(index=np.array([2, 9]), labels=np.zeros(0, np.int64), full=False)
+    g = np.ones((2, 7), np.float32)
+    bank.update_rows(sample, 0, 2, mx.nd.array(g), 0.1)
+    mom = 0.9 * m[[2, 9]] - 0.1 * 5e-4 * w[[2, 9]] - 0.1 * g
+    np.testing.assert_allclose(bank.numpy()[0][[2, 9]], w[[2, 9]] + mom, rtol=1e-6)
+    assert memory_bank.native_row_update(mx.gpu(0)) is None   # CPU only: a GPU bank takes stock operators
+
+
 def test_convert_rows_between_dtypes():
     x = np.random.default_rng(4).standard_normal((10, 3)).astype(np.float32)
     h = convert_rows(x, "float32", "float16")

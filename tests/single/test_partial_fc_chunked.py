@@ -12,6 +12,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from partial_fc import memory_bank
 from partial_fc.dist import LocalComm
 from partial_fc.margin import PRESETS, Margin
 from partial_fc.memory_bank import MemoryBank, from_float32, to_float32
@@ -43,10 +44,16 @@ def run_step(rate, storage, dtype, chunk_rows, loss="arcface", scale=4.0):
     return dict(F=F, Y=Y, w0=w0, m0=m0, out=out, grad=grad, bank=bank, op=op)
 
 
-@pytest.mark.parametrize("storage", ["device", "host"])
+@pytest.mark.parametrize("storage, row_update", [("device", "native"), ("device", "stock"), ("host", None)])
 @pytest.mark.parametrize("rate", [1.0, 0.4])
 @pytest.mark.parametrize("loss", ["arcface", "cosface"])
-def test_chunked_float32_step_equals_dense_reference(loss, rate, storage):
+def test_chunked_float32_step_equals_dense_reference(loss, rate, storage, row_update, monkeypatch):
+    """A float32 device bank updates sampled rows with the native operator; GPU banks, and a CPU bank whose
+    library is missing, with stock operators. Both must match the reference."""
+    if row_update == "native":
+        assert memory_bank.native_row_update(mx.cpu()) is not None, "the native row update is not built"
+    elif row_update == "stock":
+        monkeypatch.setattr(memory_bank, "_native", {"cpu": None})
     r = run_step(rate, storage, "float32", chunk_rows=7, loss=loss)
     out, idx = r["out"], r["out"].sample.index
     assert len(r["op"]._chunks(idx.size)) > 2
