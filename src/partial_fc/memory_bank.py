@@ -147,6 +147,8 @@ class MemoryBank:
         self.ctx = ctx or mx.cpu()
         self.storage = storage
         self.momentum_coef, self.wd = lr_momentum, wd
+        if storage == "device" and self.dtype == "float32":
+            native_row_update(self.ctx)  # load it now, while nothing runs, and warn at setup if it is missing
 
     def _device_array(self, a: np.ndarray) -> mx.nd.NDArray:
         if self.dtype != "bfloat16":
@@ -374,6 +376,9 @@ def _load_native():
         _log.warning("%s: no compiled _row_update library (run scripts/install.sh); the sampled center update "
                      "uses stock MXNet operators, about twice as slow", _NATIVE_DIR)
         return None
+    # Loading registers an operator, which writes MXNet's operator tables; no queued operator may be reading
+    # them from an engine thread meanwhile.
+    mx.nd.waitall()
     try:
         mx.library.load(found[-1], verbose=False)
     except mx.base.MXNetError as e:
