@@ -25,7 +25,10 @@ def row_update_extension() -> Extension:
         language="c++",
         # No FMA contraction: the operator must round exactly as MXNet's own sgd_mom_update.
         extra_compile_args=["-std=c++17", "-O3", "-fopenmp", "-ffp-contract=off"],
-        extra_link_args=["-fopenmp"],
+        # -Bsymbolic: the library's calls into its own copy of lib_api must stay inside it. Horovod loads its
+        # MXNet extension RTLD_GLOBAL, which makes libmxnet's lib_api symbols global; without this flag the
+        # operator registered itself into libmxnet's tables instead of its own and crashed MXNet on load.
+        extra_link_args=["-fopenmp", "-Wl,-Bsymbolic"],
     )
 
 

@@ -399,7 +399,8 @@ def _index(index: np.ndarray, ctx) -> mx.nd.NDArray:
 # their exp and gradients overwrite in place (partial_fc.py's forward_backward).
 LIVE_LOGITS = 2
 # float32 [rows, D] arrays alive per chunk of sampled rows: the center gradient (two buffers used in turn),
-# the projection scratch, and the chunk's gathered centers and momentum.
+# the projection scratch, and the chunk's gathered centers and momentum. (A float32 CPU bank's native update
+# gathers no momentum; the plan keeps the stock operators' count, which GPU banks use.)
 LIVE_CHUNKS = 5
 
 

@@ -1,4 +1,6 @@
 """Compact storage of the memory bank: rounding, sizes, chunked creation, row access on both storages."""
+import subprocess
+import sys
 import tracemalloc
 
 import mxnet as mx
@@ -142,6 +144,21 @@ def test_native_row_update_equals_stock_operators_bit_for_bit(monkeypatch):
     untouched = np.setdiff1d(np.arange(50), sample.index)
     assert np.array_equal(wn[untouched], w[untouched]) and np.array_equal(mn[untouched], m[untouched])
     assert not np.array_equal(wn[sample.index], w[sample.index])
+
+
+def test_native_row_update_loads_after_horovod():
+    """horovod.mxnet puts libmxnet's own lib_api symbols in the global scope; the library must still bind to
+    its own copy (it once crashed MXNet on load there). A fresh process, so the import order is the trainer's."""
+    code = ("import horovod.mxnet, mxnet as mx\n"
+            "from partial_fc import memory_bank\n"
+            "op = memory_bank.native_row_update(mx.cpu())\n"
+            "w, m = mx.nd.zeros((4, 2)), mx.nd.zeros((4, 2))\n"
+            "rows, grad = 3 * mx.nd.ones((1, 2)), mx.nd.ones((1, 2))\n"
+            "op(w, m, rows, grad, mx.nd.array([2], dtype='int64'), lr=1, momentum=0, wd=0)\n"
+            "print(w.asnumpy()[:, 0].tolist(), m.asnumpy()[:, 0].tolist())\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, f"exit {run.returncode}: {run.stderr[-2000:]}"
+    assert run.stdout.strip().splitlines()[-1] == "[0.0, 0.0, 2.0, 0.0] [0.0, 0.0, -1.0, 0.0]"
 
 
 def test_native_row_update_rejects_bad_input():
