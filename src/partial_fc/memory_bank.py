@@ -2,8 +2,9 @@
 
 Only the rows sampled in a step are read, updated and written back (sparse SGD with momentum and
 weight decay, the same update rule as MXNet's sgd_mom_update); rows not sampled keep both their weight
-and their momentum untouched. On a float32 CPU bank the sampled rows are updated where they lie by a native
-operator (native/row_update.cc); elsewhere stock operators update gathered copies and scatter them back. Centers are never allreduced: each rank owns its rows outright.
+and their momentum untouched. Centers are never allreduced: each rank owns its rows outright. On a float32
+CPU bank the sampled rows are updated where they lie by a native operator (native/row_update.cc); elsewhere
+stock operators update gathered copies and scatter them back.
 
 Storage "device" keeps both arrays as NDArrays on the compute context; "host" keeps them as numpy arrays
 in host memory (for GPU runs whose shard does not fit next to the backbone) and moves only sampled rows.
@@ -18,9 +19,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import glob
 import logging
 import os
+import sysconfig
 
 import mxnet as mx
 import numpy as np
@@ -263,8 +264,8 @@ class MemoryBank:
         """SGD step on the sampled rows index[lo:hi]; grad float32 [hi - lo, D].
 
         rows: those rows' current centers as float32, if the caller already gathered them with gather_rows
-        (the bank then skips a second gather; the array may be overwritten). Host storage and a full sample of a
-        float32 device bank update the shard in place and ignore it."""
+        (the bank then skips a second gather; the array may be overwritten). Host storage and a full sample of
+        a float32 device bank update the shard in place and ignore it."""
         if self.dtype == "float32":
             self._update_float32(sample, lo, hi, grad, lr, rows)
             return
@@ -353,6 +354,8 @@ _malloc_trim = None
 
 
 _NATIVE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
+# setup.py builds the library as an extension of this interpreter, hence its file name suffix.
+NATIVE_LIBRARY = "_row_update" + sysconfig.get_config_var("EXT_SUFFIX")
 _native = {}  # device type -> the loaded operator, or None where it is not available
 _log = logging.getLogger(__name__)
 
@@ -371,19 +374,19 @@ def native_row_update(ctx):
 
 
 def _load_native():
-    found = sorted(glob.glob(os.path.join(_NATIVE_DIR, "_row_update*.so")))
-    if not found:
-        _log.warning("%s: no compiled _row_update library (run scripts/install.sh); the sampled center update "
-                     "uses stock MXNet operators, about twice as slow", _NATIVE_DIR)
+    path = os.path.join(_NATIVE_DIR, NATIVE_LIBRARY)
+    if not os.path.exists(path):
+        _log.warning("%s: missing (the project was not installed by scripts/install.sh); the sampled center "
+                     "update uses stock MXNet operators, about twice as slow", path)
         return None
     # Loading registers an operator, which writes MXNet's operator tables; no queued operator may be reading
     # them from an engine thread meanwhile.
     mx.nd.waitall()
     try:
-        mx.library.load(found[-1], verbose=False)
+        mx.library.load(path, verbose=False)
     except mx.base.MXNetError as e:
         _log.warning("%s: cannot be loaded by this MXNet (%s); rebuild it with scripts/install.sh. The sampled "
-                     "center update uses stock MXNet operators, about twice as slow", found[-1],
+                     "center update uses stock MXNet operators, about twice as slow", path,
                      str(e).strip().splitlines()[-1])
         return None
     return mx.nd.pfc_sgd_mom_rows

@@ -186,13 +186,14 @@ def test_without_the_native_library_the_update_falls_back_and_says_so(monkeypatc
     monkeypatch.setattr(memory_bank, "_NATIVE_DIR", str(tmp_path))
     with caplog.at_level("WARNING", logger="partial_fc.memory_bank"):
         assert memory_bank.native_row_update(mx.cpu()) is None
-    assert str(tmp_path) in caplog.text and "scripts/install.sh" in caplog.text
-    (tmp_path / "_row_update.cpython-311-x86_64-linux-gnu.so").write_bytes(b"not a library")
+    library = tmp_path / memory_bank.NATIVE_LIBRARY
+    assert f"{library}: missing" in caplog.text and "scripts/install.sh" in caplog.text
+    library.write_bytes(b"not a library")
     monkeypatch.setattr(memory_bank, "_native", {})
     caplog.clear()
     with caplog.at_level("WARNING", logger="partial_fc.memory_bank"):
         assert memory_bank.native_row_update(mx.cpu()) is None
-    assert "_row_update.cpython-311-x86_64-linux-gnu.so: cannot be loaded" in caplog.text
+    assert f"{library}: cannot be loaded" in caplog.text
     # The fallback computes the same step.
     w, m, (bank, _) = _float32_banks()
     sample = Sample(index=np.array([2, 9]), labels=np.zeros(0, np.int64), full=False)
