@@ -16,9 +16,10 @@ def test_bench_comm_rows(comm):
     odd = (5 * comm.size + 1) // comm.size  # 5 at W >= 2
     assert [(r["b_per_rank"], r["b_global"]) for r in rows] == [(2, 2 * comm.size), (odd, odd * comm.size)]
     for r in rows:
-        assert list(r["us"]) == list(bench_comm.COLLECTIVES)
-        assert all(math.isfinite(v) and v > 0 for v in r["us"].values())
+        assert list(r["us"]) == list(r["us_median"]) == list(bench_comm.COLLECTIVES)
+        assert all(math.isfinite(v) and v > 0 for v in [*r["us"].values(), *r["us_median"].values()])
         assert r["ratio"] == r["us"]["emulated allgather"] / r["us"]["allgather features"]
+        assert r["ratio_median"] == r["us_median"]["emulated allgather"] / r["us_median"]["allgather features"]
         assert r["emulation_matches"] is True
     step = report["fc_step"]
     assert step["skipped"] is None and step["n_local"] == 50
