@@ -5,7 +5,7 @@ from setuptools import Extension, find_packages, setup
 
 
 def row_update_extension() -> Extension:
-    """The native sampled-row update (src/partial_fc/native/row_update.cc), an MXNet operator library.
+    """The native sampled-row update (src/partial_fc/head/native/row_update.cc), an MXNet operator library.
 
     It compiles against the lib_api of the mxnet installed in the build environment (scripts/install.sh
     installs the project with --no-build-isolation, after mxnet): the library must match that MXNet."""
@@ -19,8 +19,8 @@ def row_update_extension() -> Extension:
     if not os.path.exists(lib_api):
         raise SystemExit(f"setup.py: {lib_api} is missing; this mxnet build ships no custom-operator API")
     return Extension(
-        "partial_fc.native._row_update",
-        sources=["src/partial_fc/native/row_update.cc", lib_api],
+        "partial_fc.head.native._row_update",
+        sources=["src/partial_fc/head/native/row_update.cc", lib_api],
         include_dirs=[os.path.join(root, "include")],
         language="c++",
         # No FMA contraction: the operator must round exactly as MXNet's own sgd_mom_update.

@@ -9,7 +9,7 @@ The same as `partial-fc unpack` (see src/partial_fc/unpack.py); requires the pro
 """
 import sys
 
-from partial_fc.unpack import main
+from partial_fc.data.unpack import main
 
 if __name__ == "__main__":
     sys.exit(main())

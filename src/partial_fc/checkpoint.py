@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import atomic
-from .sharding import shard_range
+from .head.sharding import shard_range
 
 PREFIX = "model"
 _MANIFEST = re.compile(r"^" + PREFIX + r"-(\d{4,})\.json$")
@@ -246,7 +246,7 @@ class Checkpoint:
     def centers(self, start: int, count: int, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
         """Rows [start, start + count) of the centers and their momentum, from whichever shards hold them,
         in bank storage dtype `dtype` (converted in row chunks from the dtype they were saved in)."""
-        from .memory_bank import DTYPES, convert_rows, storage_numpy_dtype
+        from .head.precision import DTYPES, convert_rows, storage_numpy_dtype
 
         D = int(self.meta["embedding_size"])
         saved = self.meta.get("bank_dtype", "float32")  # checkpoints from before compact banks are float32

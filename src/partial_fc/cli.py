@@ -69,7 +69,7 @@ def _list_of(item):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .benchmarks import fc
+    from .bench import fc
 
     parser = _Parser(prog=PROG, description="Partial FC: sharded, sampled softmax for face recognition.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -136,11 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_memory_plan(commands) -> None:
-    from .memory_bank import DTYPES
+    from .head.precision import DTYPES
 
     m = commands.add_parser("memory-plan", help="per-rank memory of the head for a class count and world sizes",
                             description="Per-rank bytes of centers, momentum and the FC working set (the "
-                                        "formula of memory_bank.memory_plan; bench memory checks its bank part "
+                                        "formula of memory_plan.memory_plan; bench memory checks its bank part "
                                         "against real banks), as a markdown table or --json.")
     m.add_argument("--classes", type=_positive_int, default=100_000_000, help="total classes (default: 1e8)")
     m.add_argument("--workers", type=_list_of(_positive_int), default=[8, 64], metavar="W[,W...]",
@@ -157,7 +157,8 @@ def _add_memory_plan(commands) -> None:
 def _memory_plan(args) -> int:
     import json
 
-    from .memory_bank import DTYPES, format_memory_plan, memory_plan
+    from .head.memory_plan import format_memory_plan, memory_plan
+    from .head.precision import DTYPES
 
     bad = [d for d in args.dtypes if d not in DTYPES]
     if bad:
@@ -168,7 +169,7 @@ def _memory_plan(args) -> int:
 
 
 def _add_export_command(commands) -> None:
-    from . import export
+    from .evaluation import export
 
     e = commands.add_parser("export", help="checkpoint -> ONNX, checked against MXNet with onnxruntime",
                             description="Export a backbone to ONNX (input data [N,3,112,112] raw RGB 0..255, "
@@ -186,7 +187,7 @@ def _add_export_command(commands) -> None:
 
 
 def _export(args) -> int:
-    from . import export
+    from .evaluation import export
 
     result = export.export(args.checkpoint, args.output, batch_check=args.batch_check, opset=args.opset)
     print(f"exported {result.description} to {result.path} (embedding size {result.embedding_size}); "
@@ -196,7 +197,7 @@ def _export(args) -> int:
 
 
 def _add_data_commands(commands) -> None:
-    from . import make_bin, pack, unpack
+    from .data import make_bin, pack, unpack
 
     u = commands.add_parser("unpack", help="train.rec/.idx -> one folder of raw image bytes per identity",
                             description="Unpack RecordIO datasets (insightface or im2rec layout) into one folder "
@@ -257,25 +258,26 @@ def _add_evaluation_commands(commands) -> None:
 
 
 def _verify(args) -> int:
-    from . import verify
+    from .evaluation import verify
 
     return verify.main(args)
 
 
 def _ijb(args) -> int:
-    from . import ijb
+    from .evaluation import ijb
 
     return ijb.main(args)
 
 
 def _plot(args) -> int:
-    from . import plot
+    from .evaluation import plot
 
     return plot.main(args)
 
 
 def _demo(args) -> int:
-    from . import config, demo
+    from . import config
+    from .training import demo
 
     losses = demo.run(config.load(), steps=args.steps or 0)
     return 0 if losses else 1
@@ -286,21 +288,21 @@ def _train(args) -> int:
 
     cfg = config.load()
     if args.test_io:
-        from . import data
+        from .data import loader as data
         if not cfg.data_dir:
             raise config.ConfigError("--test-io reads PFC_DATA_DIR, which is not set")
         stats = data.test_io(data.open_rec(cfg.data_dir), cfg.batch_size, cfg.data_threads, args.batches)
         print(f"reader: {stats['images_per_s']:.1f} images/s ({args.batches} batches of {cfg.batch_size}, "
               f"{cfg.data_threads} decode thread(s)) from {cfg.data_dir}")
         return 0
-    from . import train
+    from .training import trainer as train
 
     train.run(cfg)
     return 0
 
 
 def _synth(args) -> int:
-    from . import synth
+    from .data import synth
 
     options = {k: v for k, v in (("identities", args.identities), ("images_per_identity", args.images_per_identity),
                                  ("val_pairs", args.pairs), ("nuisance", args.nuisance)) if v is not None}
@@ -309,7 +311,7 @@ def _synth(args) -> int:
 
 
 def _bench_fc(args) -> int:
-    from .benchmarks import fc
+    from .bench import fc
 
     fc.run(n_local=args.n_local, batch=args.batch, dim=args.dim, rates=args.rates, repeat=args.repeat,
            bank_dtype=args.bank_dtype, seed=args.seed, as_json=args.json)
@@ -317,7 +319,7 @@ def _bench_fc(args) -> int:
 
 
 def _add_benchmarks(benchmarks) -> None:
-    from .benchmarks import comm, fc, memory, sampler
+    from .bench import comm, fc, memory, sampler
 
     p = benchmarks.add_parser("sampler", help="time the center sampler against N_local and its share of the step",
                               description="Milliseconds per step of the center sampler at N_local 1e5 .. 1e7 "
@@ -381,7 +383,7 @@ def _add_benchmarks(benchmarks) -> None:
 
 
 def _bench_sampler(args) -> int:
-    from .benchmarks import sampler
+    from .bench import sampler
 
     sampler.run(n_local=args.n_local, rate=args.rate, batch=args.batch, dim=args.dim, repeat=args.repeat,
                 step_repeat=args.step_repeat, step=args.step, bank_dtype=args.bank_dtype, seed=args.seed,
@@ -390,7 +392,7 @@ def _bench_sampler(args) -> int:
 
 
 def _bench_comm(args) -> int:
-    from .benchmarks import comm
+    from .bench import comm
 
     comm.run(batches=args.batch, dim=args.dim, repeat=args.repeat, fc_n_local=args.fc_n_local,
              fc_rate=args.fc_rate, fc_repeat=args.fc_repeat, step=args.step, bank_dtype=args.bank_dtype,
@@ -399,7 +401,7 @@ def _bench_comm(args) -> int:
 
 
 def _bench_memory(args) -> int:
-    from .benchmarks import memory
+    from .bench import memory
 
     memory.run(n_local=args.n_local, rates=args.rates, dtypes=args.dtypes, batch=args.batch, dim=args.dim,
                steps=args.steps, as_json=args.json)
@@ -407,7 +409,7 @@ def _bench_memory(args) -> int:
 
 
 def _add_bench_train(benchmarks) -> None:
-    from .benchmarks import fc, train
+    from .bench import fc, train
 
     t = benchmarks.add_parser("train", help="samples/s of the trainer end to end and the FC's share; --test-io: "
                                             "our reader vs mx.io.ImageRecordIter",
@@ -450,7 +452,7 @@ def _add_bench_train(benchmarks) -> None:
 
 
 def _bench_train(args) -> int:
-    from .benchmarks import train
+    from .bench import train
 
     if args.test_io:
         train.run_io(args.data_dir, batch=args.batch or train.DEFAULT_IO_BATCH, threads=args.threads,
@@ -493,13 +495,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple:
     from .checkpoint import CheckpointError
-    from .data import DataError
-    from .train import TrainingError
-    from .ijb import IJBError
-    from .plot import PlotError
-    from .benchmarks.fc import BenchError
-    from .verification import BinError
-    from .export import ExportError
+    from .data.records import DataError
+    from .training.trainer import TrainingError
+    from .evaluation.ijb import IJBError
+    from .evaluation.plot import PlotError
+    from .bench.fc import BenchError
+    from .data.bins import BinError
+    from .evaluation.export import ExportError
     return (CheckpointError, DataError, TrainingError, BinError, BenchError, IJBError, PlotError, ExportError)
 
 

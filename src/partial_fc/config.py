@@ -102,7 +102,7 @@ class Config:
         # PFC_NUM_CLASSES is given, which must then agree with it.
         if self.num_classes == 0 and not self.data_dir:
             self.num_classes = DATASETS[self.dataset]["num_classes"]
-        from .margin import PRESETS as MARGIN_PRESETS  # here, not at import: importing config must not load MXNet
+        from .head.margin import PRESETS as MARGIN_PRESETS  # here, not at import: importing config must not load MXNet
         if self.loss not in MARGIN_PRESETS:
             raise ConfigError(f"PFC_LOSS={self.loss!r} is not a known loss (known: {', '.join(MARGIN_PRESETS)})")
         preset = MARGIN_PRESETS[self.loss]

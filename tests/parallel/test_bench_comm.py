@@ -3,7 +3,7 @@ are there and consistent on every rank, the emulated allgather equals the real o
 import io
 import math
 
-from partial_fc.benchmarks import comm as bench_comm
+from partial_fc.bench import comm as bench_comm
 
 
 def test_bench_comm_rows(comm):

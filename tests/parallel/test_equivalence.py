@@ -8,12 +8,13 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from partial_fc.margin import PRESETS, Margin
-from partial_fc.memory_bank import MemoryBank, from_float32, to_float32
-from partial_fc.partial_fc import PartialFC
-from partial_fc.sampler import CenterSampler
-from partial_fc.sharding import shard_range
-from reference import assert_close, dense, sgd_momentum
+from partial_fc.head.margin import PRESETS, Margin
+from partial_fc.head.memory_bank import MemoryBank
+from partial_fc.head.precision import from_float32, to_float32
+from partial_fc.head.operator import PartialFC
+from partial_fc.head.sampler import CenterSampler
+from partial_fc.head.sharding import shard_range
+from support.reference import assert_close, dense, sgd_momentum
 
 C, D, B = 103, 16, 5          # 103 classes split unevenly over 2 and 3 ranks
 S_SCALE, LR, MU, WD = 64.0, 0.1, 0.9, 5e-4

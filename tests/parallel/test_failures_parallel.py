@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-import trainer_cases as cases
+from support import trainer_cases as cases
 from partial_fc import checkpoint, config
 
 

@@ -1,7 +1,7 @@
 """The trainer at the launcher's world size: exact resume across ranks, and agreement with one process."""
 import numpy as np
 
-import trainer_cases as cases
+from support import trainer_cases as cases
 from partial_fc import config
 
 
@@ -24,7 +24,8 @@ def test_every_rank_sees_the_same_global_loss(comm, shared_dir):
 def test_backbone_update_applies_the_sum_of_every_ranks_gradient(comm):
     """The head's feature gradients are per-rank shares of one global gradient: the update must sum them."""
     import mxnet as mx
-    from partial_fc import dist, train
+    from partial_fc import dist
+    from partial_fc.training import trainer as train
 
     sync = dist.BackboneSync(config.load().comm)
     W = sync.size

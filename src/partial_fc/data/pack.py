@@ -1,0 +1,218 @@
+"""Image folders (one per identity) or an im2rec `.lst` -> train.rec/train.idx/property, insightface layout.
+
+    partial-fc pack --input FOLDER --output DIR [--shuffle --seed S] [--resize WxH --quality Q]
+    partial-fc pack --lst FILE [--root DIR] --output DIR ...
+
+Class ids: with --input, the sub-folders in order (by number when every name is a decimal integer, as
+`partial-fc unpack` writes them, else by name) get ids 0, 1, 2, ...; the images of a folder are taken in
+file-name order. With --lst (lines `index<TAB>label[<TAB>label...]<TAB>path`, paths relative to --root,
+default the .lst's folder) the class is the first label, which must be an integer >= 0.
+
+The layout written is the one `partial-fc synth` and insightface's tools write: key 0 a header record with
+labels (a, b); image records on keys 1 .. a-1, each identity's images on consecutive keys, with a scalar
+label and id = its key; identity records on keys a .. b-1, the one on key a + j holding (first key,
+last key + 1) of the j-th identity's images. `property` is "num_classes,height,width". So packing what `partial-fc unpack` wrote from
+such a rec gives the same bytes back.
+
+Images pass through as stored (no decode, no re-encode) unless --resize is given, which decodes, resizes
+and re-encodes as JPEG. train.rec and train.idx are written under temporary names and renamed into place
+at the end, and `property` last, so an interrupted run leaves no half-written dataset behind.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import cv2
+import numpy as np
+
+from .. import atomic
+from .records import DataError, RecordWriter, pack_image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+DEFAULT_QUALITY = 95
+_FLOAT32_EXACT = 1 << 24   # float32 labels hold every integer up to here exactly
+
+
+class PackError(DataError):
+    """Bad input to pack: one line naming the file or folder and the problem."""
+
+
+def _natural(names: list[str]) -> list[str]:
+    """By number when every name is a decimal integer (so "2" comes before "10"), else by name."""
+    if names and all(n.isdigit() for n in names):
+        return sorted(names, key=lambda n: (int(n), n))
+    return sorted(names)
+
+
+def scan_folders(root: str) -> list[tuple[int, list[str]]]:
+    """[(class id, [image paths])] of a folder holding one sub-folder per identity."""
+    if not os.path.isdir(root):
+        raise PackError(f"{root}: not a folder (--input needs a folder with one sub-folder per identity)")
+    names = _natural([e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")])
+    if not names:
+        raise PackError(f"{root}: holds no identity sub-folders")
+    classes = []
+    for c, name in enumerate(names):
+        folder = os.path.join(root, name)
+        files = sorted(e.name for e in os.scandir(folder)
+                       if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise PackError(f"{folder}: identity folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        classes.append((c, [os.path.join(folder, f) for f in files]))
+    return classes
+
+
+def read_lst(path: str, root: str | None = None) -> list[tuple[int, list[str]]]:
+    """[(class id, [image paths])] from an im2rec .lst, classes ascending, images in .lst order."""
+    root = os.path.dirname(os.path.abspath(path)) if root is None else root
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise PackError(f"{path}: cannot read ({e.strerror})") from None
+    by_class: dict[int, list[str]] = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        try:
+            if len(fields) < 3:
+                raise ValueError
+            int(fields[0])
+            label = float(fields[1])
+        except ValueError:
+            raise PackError(f"{path}: line {n} is not 'index<TAB>label<TAB>path': {line[:60]!r}") from None
+        if not np.isfinite(label) or label != int(label) or label < 0:
+            raise PackError(f"{path}: line {n} has label {fields[1]!r}, not a class id (an integer >= 0)")
+        by_class.setdefault(int(label), []).append(os.path.join(root, fields[-1]))
+    if not by_class:
+        raise PackError(f"{path}: no entries")
+    return sorted(by_class.items())
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    """"WxH" -> (width, height)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        if w < 1 or h < 1:
+            raise ValueError
+    except ValueError:
+        raise PackError(f"--resize {text!r}: expected WIDTHxHEIGHT, e.g. 112x112") from None
+    return w, h
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise PackError(f"{path}: cannot read image ({e.strerror})") from None
+
+
+def reencode(data: bytes, path: str, size: tuple[int, int], quality: int) -> bytes:
+    """Decode, resize to size = (width, height), encode as JPEG."""
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise PackError(f"{path}: not a decodable image")
+    if (img.shape[1], img.shape[0]) != size:
+        shrink = size[0] < img.shape[1] or size[1] < img.shape[0]
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise PackError(f"{path}: JPEG encoding failed")
+    return buf.tobytes()
+
+
+def _image_size(classes) -> tuple[int, int]:
+    """(width, height) of the first image that decodes, for the property file."""
+    for _, paths in classes:
+        for path in paths[:4]:
+            img = cv2.imdecode(np.frombuffer(_read(path), dtype=np.uint8), cv2.IMREAD_COLOR)
+            if img is not None:
+                return img.shape[1], img.shape[0]
+        break
+    raise PackError(f"{classes[0][1][0]}: the first images do not decode, so the image size for the property "
+                    f"file is unknown (fix the images, or pass --resize)")
+
+
+def pack(classes: list[tuple[int, list[str]]], output: str, shuffle: bool = False, seed: int = 0,
+         resize: tuple[int, int] | None = None, quality: int = DEFAULT_QUALITY, progress=sys.stderr) -> dict:
+    """Write output/train.rec, train.idx, property from [(class id, [image paths])], classes ascending.
+
+    shuffle: the layout needs each identity's images on consecutive keys, so it permutes the order of the
+    identities in the file and of the images within each (class ids stay as given).
+    """
+    if not classes:
+        raise PackError("nothing to pack")
+    num_classes = classes[-1][0] + 1
+    if num_classes > _FLOAT32_EXACT:
+        raise PackError(f"{num_classes} classes: labels above 2^24 cannot be stored exactly as float32")
+    if not 1 <= quality <= 100:
+        raise PackError(f"--quality {quality}: expected 1..100")
+    width, height = resize if resize else _image_size(classes)
+    order = list(range(len(classes)))
+    rng = np.random.default_rng(seed)
+    if shuffle:
+        order = rng.permutation(len(classes)).tolist()
+    total = sum(len(paths) for _, paths in classes)
+    end = 1 + total
+    os.makedirs(output, exist_ok=True)
+    rec, idx = os.path.join(output, "train.rec"), os.path.join(output, "train.idx")
+    ranges = [None] * len(classes)
+    t0, last, key = time.time(), 0.0, 1
+    with RecordWriter(rec, idx) as w:
+        # Header first (key 0): images are keys 1..end-1, identity records end..end+len(classes)-1.
+        w.write(0, pack_image([end, end + len(classes)], b""))
+        for i in order:
+            label, paths = classes[i]
+            if shuffle:
+                paths = [paths[j] for j in rng.permutation(len(paths))]
+            start = key
+            for path in paths:
+                data = _read(path)
+                if resize:
+                    data = reencode(data, path, resize, quality)
+                w.write(key, pack_image(float(label), data, id=key))
+                key += 1
+                now = time.time()
+                if progress and (now - last > 0.5 or key == end):
+                    last = now
+                    print(f"\rpack: {key - 1}/{total} images ({(key - 1) / max(now - t0, 1e-9):.0f}/s)", end="",
+                          file=progress, flush=True)
+            ranges[i] = (start, key)
+        for j, (start, stop) in enumerate(ranges):
+            w.write(end + j, pack_image([start, stop], b""))
+    if progress:
+        print(file=progress)
+    atomic.write_text(os.path.join(output, "property"), f"{num_classes},{height},{width}\n")
+    return {"images": total, "identities": len(classes), "num_classes": num_classes, "size": (width, height)}
+
+
+def run(args) -> int:
+    """`partial-fc pack` from parsed arguments (see cli.py)."""
+    if bool(args.input) == bool(args.lst):
+        raise PackError("give exactly one of --input FOLDER and --lst FILE")
+    if args.input:
+        classes = scan_folders(args.input)
+    else:
+        classes = read_lst(args.lst, args.root)
+    resize = _parse_size(args.resize) if args.resize else None
+    stats = pack(classes, args.output, shuffle=args.shuffle, seed=args.seed, resize=resize, quality=args.quality)
+    print(f"wrote {stats['images']} images of {stats['identities']} identities "
+          f"(property {stats['num_classes']},{stats['size'][1]},{stats['size'][0]}) to {args.output}")
+    return 0
+
+
+def add_arguments(p):
+    p.add_argument("--input", help="folder with one sub-folder of images per identity")
+    p.add_argument("--lst", help="im2rec .lst (index<TAB>label<TAB>path) instead of --input")
+    p.add_argument("--root", help="folder the .lst paths are relative to (default: the .lst's folder)")
+    p.add_argument("--output", required=True, help="folder to write train.rec, train.idx and property to")
+    p.add_argument("--shuffle", action="store_true",
+                   help="random order of identities in the file and of images within each (ids unchanged)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default: 0)")
+    p.add_argument("--resize", metavar="WxH", help="decode, resize and re-encode as JPEG (default: bytes as stored)")
+    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY,
+                   help=f"JPEG quality of --resize (default: {DEFAULT_QUALITY})")

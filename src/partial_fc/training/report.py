@@ -1,0 +1,106 @@
+"""What the trainer reports on rank 0: log lines, a progress bar on a terminal, TensorBoard scalars, and
+a machine-readable metrics file (metrics.jsonl, one JSON object per line) that tools can plot.
+
+Other ranks get a Reporter that stays silent, so the loop calls the same methods everywhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Reporter:
+    def __init__(self, output: str, *, active: bool, world_size: int, batch_size: int, total_steps: int,
+                 frequent: int, start_step: int = 0, tensorboard: bool = True, stream=None):
+        self.active = active
+        self.world_size, self.batch_size = world_size, batch_size
+        self.total_steps, self.frequent = total_steps, frequent
+        self.stream = stream or sys.stdout
+        self.progress = active and self.stream.isatty()
+        self.writer = self.metrics = self.log = None
+        self._window_start, self._window_step = time.perf_counter(), start_step
+        self._start, self._start_step = self._window_start, start_step
+        self._losses = []
+        self.first_loss = self.last_loss = None   # means of the first and the latest report window
+        if not active:
+            return
+        os.makedirs(output, exist_ok=True)
+        self.log = open(os.path.join(output, "train.log"), "a", buffering=1)
+        self.metrics = open(os.path.join(output, "metrics.jsonl"), "a", buffering=1)
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(output, "tensorboard"), purge_step=start_step or None)
+
+    def info(self, text: str) -> None:
+        if not self.active:
+            return
+        if self.progress:
+            self.stream.write("\r\033[K")
+        print(text, file=self.stream, flush=True)
+        self.log.write(text + "\n")
+
+    def _record(self, step: int, **values) -> None:
+        self.metrics.write(json.dumps(dict(step=step, time=round(time.time(), 3), **values)) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, step)
+
+    def step(self, step: int, loss: float, lr: float, **extra) -> None:
+        """Called after every step (0-based `step` has just been applied)."""
+        if not self.active:
+            return
+        self._losses.append(loss)
+        done = step + 1
+        if done % self.frequent == 0 or done == self.total_steps:
+            now = time.perf_counter()
+            per_rank = (done - self._window_step) * self.batch_size / max(now - self._window_start, 1e-9)
+            rate_all = (done - self._start_step) / max(now - self._start, 1e-9)
+            eta = (self.total_steps - done) / max(rate_all, 1e-9)
+            mean_loss = sum(self._losses) / len(self._losses)
+            self.first_loss = mean_loss if self.first_loss is None else self.first_loss
+            self.last_loss = mean_loss
+            self.info(f"step {done:>6d}/{self.total_steps}  loss {mean_loss:8.4f}  lr {lr:.6f}  "
+                      f"{per_rank:7.1f} samples/s per rank, {per_rank * self.world_size:8.1f} total  "
+                      f"ETA {_duration(eta)}"
+                      + "".join(f"  {k} {v}" for k, v in extra.items()))
+            self._record(done, loss=mean_loss, lr=lr, samples_per_s=per_rank * self.world_size,
+                         samples_per_s_per_rank=per_rank, **extra)
+            self._window_start, self._window_step, self._losses = now, done, []
+        elif self.progress:
+            width = 30
+            filled = int(width * done / max(self.total_steps, 1))
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total_steps} "
+                              f"loss {loss:.4f}")
+            self.stream.flush()
+
+    def verification(self, step: int, results) -> None:
+        if not self.active:
+            return
+        from ..evaluation.protocol import table
+
+        self.info(table(results, step))
+        self._record(step, **{f"val/{r.name}/accuracy": r.accuracy for r in results},
+                     **{f"val/{r.name}/xnorm": r.xnorm for r in results})
+
+    def summary(self) -> None:
+        if self.active and self.first_loss is not None:
+            trend = "fell" if self.last_loss < self.first_loss else "DID NOT FALL"
+            self.info(f"loss {self.first_loss:.4f} -> {self.last_loss:.4f} over steps {self._start_step}.."
+                      f"{self._window_step} ({trend})")
+
+    def close(self) -> None:
+        for f in (self.log, self.metrics):
+            if f is not None:
+                f.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,145 @@
+import os
+import pickle
+
+import cv2
+import numpy as np
+import pytest
+
+from partial_fc import cli
+from partial_fc.data.make_bin import detect_format, make_bin, read_pairs
+from partial_fc.data.bins import BinError, load_pairs
+
+
+def jpeg(seed, size=(20, 16)):
+    img = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def lfw_tree(root):
+    """root/name/name_%04d.jpg for two people; returns {(name, i): bytes}."""
+    images = {}
+    for p, (name, count) in enumerate((("Ann_Lee", 2), ("Bo_Ng", 3))):
+        os.makedirs(root / name)
+        for i in range(1, count + 1):
+            images[(name, i)] = jpeg(10 * p + i)
+            (root / name / f"{name}_{i:04d}.jpg").write_bytes(images[(name, i)])
+    return images
+
+
+LFW_PAIRS = "1\t3\nAnn_Lee\t1\t2\nBo_Ng\t1\t3\nAnn_Lee\t2\tBo_Ng\t3\n"
+
+
+def run_cli(args, capsys):
+    status = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def one_line_error(err):
+    lines = [line for line in err.splitlines() if line.strip() and "\r" not in line]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("partial-fc: error: ")
+    return lines[0]
+
+
+def test_lfw_pairs_round_trip_through_the_restricted_loader(tmp_path, capsys):
+    images = lfw_tree(tmp_path / "lfw")
+    (tmp_path / "pairs.txt").write_text(LFW_PAIRS)
+    status, out, _ = run_cli(["make-bin", "--pairs", tmp_path / "pairs.txt", "--root", tmp_path / "lfw",
+                              "--output", tmp_path / "lfw.bin"], capsys)
+    assert status == 0 and "3 pairs (2 same identity), 4 distinct images" in out
+    got, issame = load_pairs(str(tmp_path / "lfw.bin"))
+    expected = [images[k] for k in [("Ann_Lee", 1), ("Ann_Lee", 2), ("Bo_Ng", 1), ("Bo_Ng", 3),
+                                     ("Ann_Lee", 2), ("Bo_Ng", 3)]]
+    assert got == expected and issame.tolist() == [True, True, False]
+    # The reference format exactly: a pickle of (list of bytes, list of bool).
+    assert pickle.loads((tmp_path / "lfw.bin").read_bytes()) == (expected, [True, True, False])
+    assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f]
+
+
+def test_list_format_auto_detected_with_resize(tmp_path, capsys):
+    images = lfw_tree(tmp_path / "img")
+    (tmp_path / "img" / "pairs.lst").write_text(
+        "Ann_Lee/Ann_Lee_0001.jpg Bo_Ng/Bo_Ng_0002.jpg 0\n\nBo_Ng/Bo_Ng_0001.jpg\tBo_Ng/Bo_Ng_0003.jpg\ttrue\n")
+    assert detect_format((tmp_path / "img" / "pairs.lst").read_text().splitlines()) == "list"
+    assert detect_format(LFW_PAIRS.splitlines()) == "lfw"
+    # --root defaults to the pairs file's folder
+    status, _, _ = run_cli(["make-bin", "--pairs", tmp_path / "img" / "pairs.lst", "--output", tmp_path / "a.bin"],
+                           capsys)
+    assert status == 0
+    got, issame = load_pairs(str(tmp_path / "a.bin"))
+    assert got[0] == images[("Ann_Lee", 1)] and got[3] == images[("Bo_Ng", 3)]
+    assert issame.tolist() == [False, True]
+    status, _, _ = run_cli(["make-bin", "--pairs", tmp_path / "img" / "pairs.lst", "--output", tmp_path / "r.bin",
+                            "--resize", "10x8", "--format", "list"], capsys)
+    got, _ = load_pairs(str(tmp_path / "r.bin"))
+    assert status == 0 and {cv2.imdecode(np.frombuffer(b, np.uint8), 1).shape for b in got} == {(8, 10, 3)}
+    status, out, _ = run_cli(["make-bin", "--check", tmp_path / "r.bin"], capsys)
+    assert status == 0 and "2 pairs (1 same identity)" in out
+
+
+def test_read_pairs_paths(tmp_path):
+    (tmp_path / "p.txt").write_text(LFW_PAIRS)
+    pairs = read_pairs(str(tmp_path / "p.txt"), "R")
+    assert pairs[2] == (os.path.join("R", "Ann_Lee", "Ann_Lee_0002.jpg"), os.path.join("R", "Bo_Ng", "Bo_Ng_0003.jpg"),
+                        False)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing_image", "Bo_Ng_0004.jpg: missing image"),
+    ("bad_line", "line 2 is neither 'name i j' nor 'name1 i name2 j'"),
+    ("bad_list", "line 1 is not 'path1 path2 same'"),
+    ("not_an_image", "Bo_Ng_0001.jpg: not a decodable image"),
+    ("no_pairs_file", "nope.txt: missing"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case, message):
+    lfw_tree(tmp_path / "lfw")
+    pairs = tmp_path / "pairs.txt"
+    text = {"missing_image": "1 1\nBo_Ng 1 4\n", "bad_line": "1 1\nBo_Ng one 2\n",
+            "bad_list": "a.jpg b.jpg maybe\n", "not_an_image": "1 1\nBo_Ng 1 2\n"}.get(case, "")
+    pairs.write_text(text)
+    if case == "not_an_image":
+        (tmp_path / "lfw" / "Bo_Ng" / "Bo_Ng_0001.jpg").write_bytes(b"not a jpeg")
+    if case == "no_pairs_file":
+        pairs = tmp_path / "nope.txt"
+    status, _, err = run_cli(["make-bin", "--pairs", pairs, "--root", tmp_path / "lfw", "--output",
+                              tmp_path / "x.bin"], capsys)
+    assert status == 1 and message in one_line_error(err)
+    assert not (tmp_path / "x.bin").exists()
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_malicious_pickle_is_refused_without_running_it(tmp_path, capsys):
+    marker = str(tmp_path / "pwned")
+    evil = tmp_path / "evil.bin"
+    evil.write_bytes(pickle.dumps(([_Evil(marker), jpeg(0)], [True]), protocol=4))
+    with pytest.raises(BinError, match="refusing to load posix.mkdir"):
+        load_pairs(str(evil))
+    status, _, err = run_cli(["make-bin", "--check", evil], capsys)
+    assert status == 1 and "evil.bin: not a verification .bin" in one_line_error(err)
+    assert not os.path.exists(marker)
+    # Sanity: the same bytes do run the payload under plain pickle, so the test can fail.
+    pickle.loads(evil.read_bytes())
+    assert os.path.exists(marker)
+
+
+def test_make_bin_output_loads_and_replaces_atomically(tmp_path):
+    images = lfw_tree(tmp_path / "lfw")
+    out = tmp_path / "x.bin"
+    out.write_bytes(b"old")
+    pairs = [(str(tmp_path / "lfw" / "Ann_Lee" / "Ann_Lee_0001.jpg"),
+              str(tmp_path / "lfw" / "Bo_Ng" / "Bo_Ng_0001.jpg"), False),
+             (str(tmp_path / "lfw" / "Ann_Lee" / "Ann_Lee_0001.jpg"), str(tmp_path / "gone.jpg"), False)]
+    with pytest.raises(BinError, match="gone.jpg: missing image"):
+        make_bin(pairs, str(out), progress=None)
+    assert out.read_bytes() == b"old"
+    assert make_bin(pairs[:1], str(out), progress=None) == {"pairs": 1, "same": 0, "images": 2,
+                                                             "bytes": out.stat().st_size}
+    assert load_pairs(str(out))[0] == [images[("Ann_Lee", 1)], images[("Bo_Ng", 1)]]
