@@ -79,24 +79,24 @@ def test_bench_fc_skips_what_does_not_fit(monkeypatch):
 
 
 class _StubOp:
-    """Calls its phase hook like the operator: some phases twice, then work after the last call."""
-    phase_hook = None
+    """Times its work through its clock like the operator: some phases twice, then work outside every phase."""
+    clock = None
 
     def __init__(self, fail=False):
         self.fail = fail
 
     def forward_backward(self, features, labels, step):
         for name in ("exchange", "matmul", "softmax", "matmul"):
-            time.sleep(0.002)
-            self.phase_hook(name)
+            with self.clock.phase(name):
+                time.sleep(0.002)
         if self.fail:
             raise RuntimeError("boom")
         return None
 
     def update(self, out, lr):
-        time.sleep(0.002)
-        self.phase_hook("update")
-        time.sleep(0.003)  # after the last phase call: "other"
+        with self.clock.phase("update"):
+            time.sleep(0.002)
+        time.sleep(0.003)  # outside every phase: "other"
 
 
 def test_phased_step_accumulates_repeated_phases_and_sums_to_the_step():
@@ -106,18 +106,18 @@ def test_phased_step_accumulates_repeated_phases_and_sums_to_the_step():
     assert phases["matmul"] >= 0.004  # two calls of >= 2 ms each are added up
     assert phases["other"] >= 0.003
     assert sum(v for k, v in phases.items() if k != "total") == pytest.approx(phases["total"], rel=1e-9)
-    assert op.phase_hook is None
+    assert op.clock is None
     medians = fc.median_phases([phases, {"exchange": 1.0, "total": 1.0}])
     assert list(medians) == ["exchange", "matmul", "softmax", "update", "other"]
     assert medians["exchange"] == pytest.approx((phases["exchange"] + 1.0) / 2)
     assert medians["matmul"] == pytest.approx(phases["matmul"] / 2)  # missing in a step counts 0 there
 
 
-def test_phased_step_removes_the_hook_when_the_step_fails():
+def test_phased_step_removes_the_clock_when_the_step_fails():
     op = _StubOp(fail=True)
     with pytest.raises(RuntimeError):
         fc.time_phased_step(op, None, None, 0)
-    assert op.phase_hook is None
+    assert op.clock is None
 
 
 @pytest.mark.parametrize("argv", [

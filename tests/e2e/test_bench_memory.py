@@ -12,7 +12,7 @@ from partial_fc.bench import memory
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_analytic_size_is_a_real_banks_bytes(dtype):
     bank = memory_bank.MemoryBank.create(300, 24, dtype=dtype)
-    real = sum(a.size * np.dtype(a.dtype).itemsize for a in (bank.weight, bank.momentum))
+    real = sum(a.size * np.dtype(a.dtype).itemsize for a in (bank.weight, bank.mom))
     assert memory.fc.bank_bytes(300, 24, dtype) == real == bank.nbytes
 
 

@@ -62,7 +62,7 @@ def test_step_equals_dense_reference(comm, loss, rate, storage, scale):
     F, Y, Wc, mom = problem(W_)
     margins = PRESETS[loss]
     start, count = shard_range(C, W_, k)
-    bank = MemoryBank(Wc[start:start + count], mom[start:start + count], storage=storage, lr_momentum=MU, wd=WD)
+    bank = MemoryBank(Wc[start:start + count], mom[start:start + count], storage=storage, momentum=MU, wd=WD)
     op = PartialFC(comm, C, D, Margin(scale, *margins), rate, bank=bank, seed=SEED)
 
     rows = slice(k * B, (k + 1) * B)
@@ -129,7 +129,7 @@ def test_many_steps_keep_matching(comm):
     F, Y, Wc, mom = problem(comm.size)
     margins = PRESETS["arcface"]
     start, count = shard_range(C, comm.size, comm.rank)
-    bank = MemoryBank(Wc[start:start + count], mom[start:start + count], lr_momentum=MU, wd=WD)
+    bank = MemoryBank(Wc[start:start + count], mom[start:start + count], momentum=MU, wd=WD)
     op = PartialFC(comm, C, D, Margin(S_SCALE, *margins), 0.3, bank=bank, seed=SEED)
     rows = slice(comm.rank * B, (comm.rank + 1) * B)
     w_ref, m_ref = Wc.astype(np.float64), mom.astype(np.float64)
@@ -159,7 +159,7 @@ def test_chunked_step_with_each_bank_dtype_equals_dense_reference(comm, dtype, r
     Wc, mom = to_float32(from_float32(Wc, dtype), dtype), to_float32(from_float32(mom, dtype), dtype)
     margins = PRESETS["arcface"]
     start, count = shard_range(C, W_, k)
-    bank = MemoryBank(Wc[start:start + count], mom[start:start + count], storage=storage, lr_momentum=MU, wd=WD,
+    bank = MemoryBank(Wc[start:start + count], mom[start:start + count], storage=storage, momentum=MU, wd=WD,
                       dtype=dtype)
     op = PartialFC(comm, C, D, Margin(4.0, *margins), rate, bank=bank, seed=SEED, chunk_rows=4)
     rows = slice(k * B, (k + 1) * B)
@@ -200,7 +200,7 @@ def test_shards_without_any_target_still_match(comm, rate):
     Y = first + np.random.default_rng(5).integers(0, first_count, size=B * W_, dtype=np.int64)
     margins = PRESETS["arcface"]
     start, count = shard_range(C, W_, k)
-    bank = MemoryBank(Wc[start:start + count], mom[start:start + count], lr_momentum=MU, wd=WD)
+    bank = MemoryBank(Wc[start:start + count], mom[start:start + count], momentum=MU, wd=WD)
     op = PartialFC(comm, C, D, Margin(4.0, *margins), rate, bank=bank, seed=SEED, chunk_rows=4)
     rows = slice(k * B, (k + 1) * B)
     out = op.forward_backward(mx.nd.array(F[rows]), Y[rows], STEP)

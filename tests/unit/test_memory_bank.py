@@ -100,7 +100,7 @@ def test_create_never_holds_the_shard_in_float32(monkeypatch):
 def test_rows_are_widened_exactly_and_written_back_rounded(storage, dtype):
     rng = np.random.default_rng(2)
     w32 = rng.standard_normal((20, 6)).astype(np.float32)
-    bank = MemoryBank(w32, storage=storage, dtype=dtype, lr_momentum=0.0, wd=0.0)
+    bank = MemoryBank(w32, storage=storage, dtype=dtype, momentum=0.0, wd=0.0)
     stored = from_float32(w32, dtype)
     sample = Sample(index=np.array([1, 4, 5, 11, 19]), labels=np.zeros(0, np.int64), full=False)
     got = bank.gather_rows(sample, 1, 4)
@@ -120,7 +120,7 @@ def _float32_banks(count=50, dim=7, seed=3):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((count, dim)).astype(np.float32)
     m = (rng.standard_normal((count, dim)) * 0.1).astype(np.float32)
-    return w, m, [MemoryBank(w, m, lr_momentum=0.9, wd=5e-4) for _ in range(2)]
+    return w, m, [MemoryBank(w, m, momentum=0.9, wd=5e-4) for _ in range(2)]
 
 
 def test_native_row_update_equals_stock_operators_bit_for_bit(monkeypatch):

@@ -8,16 +8,19 @@ float64 reference at 1e-5 relative, like the unchunked operator. Compact storage
 on the same rounded centers the bank holds (widened to float32 exactly), and the update must equal float32
 SGD math on those rows rounded ONCE to the storage dtype.
 """
+import contextlib
+
 import mxnet as mx
 import numpy as np
 import pytest
 
-from partial_fc.head import native
 from partial_fc.dist import LocalComm
+from partial_fc.head import native
 from partial_fc.head.margin import PRESETS, Margin
 from partial_fc.head.memory_bank import MemoryBank
+from partial_fc.head.memory_plan import chunk_rows_for
+from partial_fc.head.operator import PartialFC
 from partial_fc.head.precision import from_float32, to_float32
-from partial_fc.head.operator import PartialFC, chunk_rows_for
 from support.reference import assert_close, dense, sgd_momentum
 
 C, D, N = 61, 12, 9
@@ -35,7 +38,7 @@ def problem():
 
 def run_step(rate, storage, dtype, chunk_rows, loss="arcface", scale=4.0):
     F, Y, Wc, mom = problem()
-    bank = MemoryBank(Wc, mom, storage=storage, lr_momentum=MU, wd=WD, dtype=dtype)
+    bank = MemoryBank(Wc, mom, storage=storage, momentum=MU, wd=WD, dtype=dtype)
     w0, m0 = bank.numpy_float32()          # the centers as stored (rounded for compact dtypes)
     op = PartialFC(LocalComm(), C, D, Margin(scale, *PRESETS[loss]), rate, bank=bank, seed=SEED,
                    chunk_rows=chunk_rows)
@@ -136,19 +139,32 @@ def test_center_grad_of_a_chunked_step_is_gone_after_update():
         op.update(out, LR)
 
 
+class _Recorder:
+    """A clock that only records the phases it is asked to time, in order."""
+
+    def __init__(self):
+        self.names = []
+
+    @contextlib.contextmanager
+    def phase(self, name):
+        self.names.append(name)
+        yield
+
+
 @pytest.mark.parametrize("dtype, gathers, matmuls", [("float32", 1, 1 + 1 + 4), ("float16", 3 * 4, 3 * 4)])
-def test_phase_hook_sees_every_phase_and_none_changes_nothing(dtype, gathers, matmuls):
+def test_clock_sees_every_phase_and_none_changes_nothing(dtype, gathers, matmuls):
     """A float32 device bank gathers the sampled rows once a step: the cosines and dF are one product each,
     the update goes by chunk. A compact bank gathers each of the 4 chunks in each pass (cosines, dF, update).
-    The hook changes no result."""
+    The clock changes no result."""
     F, Y, Wc, _ = problem()
-    results, names = [], []
-    for hook in (None, names.append):
+    results, recorder = [], _Recorder()
+    for clock in (None, recorder):
         op = PartialFC(LocalComm(), C, D, Margin(), 0.5, bank=MemoryBank(Wc, dtype=dtype), chunk_rows=8)
-        op.phase_hook = hook
+        op.clock = clock
         out = op.forward_backward(mx.nd.array(F), Y, 0)
         op.update(out, LR)
         results.append((out.loss, out.feature_grad.asnumpy(), op.bank.numpy()[0]))
+    names = recorder.names
     assert set(names) == {"exchange", "sample", "gather", "normalise", "matmul", "softmax", "scatter", "update"}
     assert names[-1] == "update" and names.count("gather") == gathers
     assert names.count("matmul") == matmuls
@@ -172,7 +188,7 @@ def test_two_outstanding_steps_do_not_share_buffers():
 
     def op():
         return PartialFC(LocalComm(), C, D, Margin(4.0, *PRESETS["arcface"]), 0.5,
-                         bank=MemoryBank(Wc, mom, lr_momentum=MU, wd=WD), seed=SEED, chunk_rows=8)
+                         bank=MemoryBank(Wc, mom, momentum=MU, wd=WD), seed=SEED, chunk_rows=8)
 
     alone = op()
     ref = alone.forward_backward(mx.nd.array(F), Y, 0)

@@ -24,7 +24,7 @@ training step pays per call on average. Once per size the emulation's result is 
 allgather.
 
 The FC step's communication share: the operator (num_classes = fc_n_local x W, so N_local = fc_n_local, at
-fc_rate, B = 128 // W per rank) is timed with PartialFC.phase_hook under the same launch, twice: plainly, and with
+fc_rate, B = 128 // W per rank) is timed with PartialFC.clock under the same launch, twice: plainly, and with
 the ranks lined up by a barrier before each collective (LinedUpClock). transfer_share = the lined-up "exchange" +
 "scatter" phases (the collectives alone) / the plain phased step; share = the plain "exchange" + "scatter" phases
 (which also hold each rank's wait for the slowest one) / the plain phased step. Medians over fc_repeat steps
@@ -36,6 +36,7 @@ emulation at N x D >= 128 x 512 float32; FC communication <= 5 % of the FC step 
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 import time
@@ -196,28 +197,25 @@ class LinedUpClock(fc.PhaseClock):
 
     In a step, a rank reaches a collective and then waits there for the slowest rank (two single-threaded
     ranks sharing two cores drift apart by tens of ms a step); timed plainly, that wait lands in the
-    "exchange" phases. The operator issues its collectives at the start of the step and right after each
-    "softmax" phase (the same number of those on every rank, whatever the chunking), so a barrier there
-    makes the "exchange" and "scatter" phases time the collectives alone.
+    "exchange" phases. Every collective of the operator runs in an "exchange" or "scatter" phase, so a barrier
+    as each of those begins makes them time the collectives alone.
     """
+
+    COLLECTIVE_PHASES = ("exchange", "scatter")
 
     def __init__(self, comm):
         super().__init__()
         self.comm = comm
 
-    def start(self) -> float:
-        super().start()
-        self.comm.barrier("bench.line_up")
-        self.last = time.perf_counter()
-        return self.last
-
-    def __call__(self, name: str) -> None:
-        super().__call__(name)
-        if name == "softmax":
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        if name in self.COLLECTIVE_PHASES:
+            mx.nd.waitall()
             t0 = time.perf_counter()
             self.comm.barrier("bench.line_up")  # returns once every rank reached it
-            self.last = time.perf_counter()
-            self.phases["wait"] = self.phases.get("wait", 0.0) + self.last - t0
+            self.phases["wait"] = self.phases.get("wait", 0.0) + time.perf_counter() - t0
+        with super().phase(name):
+            yield
 
 
 def _rank_bank(comm, num_classes, dim, seed, bank_dtype):

@@ -4,16 +4,16 @@ Single process, world size 1 (LocalComm), so N_local = num_classes. For each N_l
     out = PartialFC.forward_backward(features, labels, step); PartialFC.update(out, lr)
 is timed at every sample rate r, all rates sharing one memory bank (the centers' values do not change the
 cost). MXNet is asynchronous: every timer stops after mx.nd.waitall(). Each timed repeat runs, per rate, one
-plain step (no waits inside: the step as training runs it) and one phased step (PartialFC.phase_hook set:
-a wait and a clock reading at the end of each phase). Reported per (N_local, r), medians over `repeat`
+plain step (no waits inside: the step as training runs it) and one phased step (PartialFC.clock set: a
+wait and a clock reading around each phase). Reported per (N_local, r), medians over `repeat`
 repeats after one warm-up:
     step          seconds of the plain step
     ratio         t(r_ref) / t(r), r_ref the largest rate; its ceiling is S(r_ref) / S(r)
     sampler       seconds of op.sampler.sample(labels, step) alone, and its share of the step
     phases        seconds per phase of the phased step: exchange, sample, gather, normalise (the centers'
                   norms, the 1/|w| scaling and the gradient's projection), matmul (the matrix products alone),
-                  softmax, scatter, update, and "other" (time after the operator's last phase call); they sum
-                  to the phased step
+                  softmax, scatter, update, and "other" (the step's time outside every phase); they sum to the
+                  phased step
     matmul        the step's three matmuls (cosines F.W^T, dW = dcos^T.F, dF = dcos.W), 2*B*S*D flops each;
                   GFLOP/s over the "matmul" phase, against a plain numpy float32 [B, D] x [D, S] matmul timed
                   in the same run (the share = matmul-phase GFLOP/s / numpy GFLOP/s); for reference also the
@@ -33,6 +33,7 @@ Targets of the issue (shown with pass/fail, never asserted): ratio t(1)/t(0.1) >
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -61,7 +62,7 @@ MATMULS_PER_STEP = 3
 # Bank traffic of the ideal sparse step, in rows of centers or momentum: read the centers for the forward,
 # read and write centers and momentum in the update.
 BANK_PASSES = 5
-# The phases PartialFC.phase_hook reports (names may repeat within a step; the bench adds them up).
+# The phases PartialFC.clock sees (names repeat within a step; the clock adds them up).
 PHASES = ("exchange", "sample", "gather", "normalise", "matmul", "softmax", "scatter", "update")
 GIB = 2.0 ** 30
 
@@ -244,34 +245,34 @@ def time_step(op: PartialFC, features, labels, step: int) -> tuple[float, int]:
 
 
 class PhaseClock:
-    """The PartialFC.phase_hook: waits for MXNet, then charges the time since the last call to `name`."""
+    """The operator's `clock`: phase(name) waits for MXNet before and after the work it wraps and charges the
+    time in between to `name` (the operator's stages are timed alone, not what MXNet still had queued)."""
 
     def __init__(self):
         self.phases: dict[str, float] = {}
-        self.last = 0.0
 
     def start(self) -> float:
         mx.nd.waitall()
         self.phases = {}
-        self.last = time.perf_counter()
-        return self.last
+        return time.perf_counter()
 
-    def __call__(self, name: str) -> None:
+    @contextlib.contextmanager
+    def phase(self, name: str):
         mx.nd.waitall()
-        now = time.perf_counter()
-        self.phases[name] = self.phases.get(name, 0.0) + now - self.last
-        self.last = now
+        t0 = time.perf_counter()
+        yield
+        mx.nd.waitall()
+        self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
 
 
 def time_phased_step(op, features, labels, step: int, clock: PhaseClock | None = None) -> dict:
-    """One operator step with op.phase_hook set: {phase: seconds, ..., "other": rest, "total": seconds}.
+    """One operator step with op.clock set: {phase: seconds, ..., "other": rest, "total": seconds}.
 
-    "other" is the time after the operator's last phase call (all of the step when the operator never calls
-    the hook), so the phases always sum to "total". The hook is removed afterwards. clock: a PhaseClock
-    (subclass) to time with; default a plain one.
+    "other" is the step's time outside every phase (Python between the stages), so the phases always sum to
+    "total". The clock is removed afterwards. clock: a PhaseClock (subclass) to time with; default a plain one.
     """
     clock = clock or PhaseClock()
-    op.phase_hook = clock
+    op.clock = clock
     try:
         t0 = clock.start()
         out = op.forward_backward(features, labels, step)
@@ -279,7 +280,7 @@ def time_phased_step(op, features, labels, step: int, clock: PhaseClock | None =
         mx.nd.waitall()
         t1 = time.perf_counter()
     finally:
-        op.phase_hook = None
+        op.clock = None
     phases = dict(clock.phases)
     phases["other"] = max(0.0, t1 - t0 - sum(phases.values()))
     phases["total"] = t1 - t0

@@ -145,10 +145,10 @@ def _child_main(spec: dict) -> dict:
         return {"peak_bytes": _status_bytes("VmHWM"), "rss_bytes": _status_bytes("VmRSS")}
     n, dim, batch = spec["n_local"], spec["dim"], spec["batch"]
     bank = fc.make_bank(n, dim, spec["seed"], spec["dtype"])
-    if isinstance(bank.momentum, np.ndarray):
-        bank.momentum.fill(0)
+    if isinstance(bank.mom, np.ndarray):
+        bank.mom.fill(0)
     else:
-        bank.momentum[:] = 0  # write every page: untouched zero pages are not resident
+        bank.mom[:] = 0  # write every page: untouched zero pages are not resident
     mx.nd.waitall()
     create_peak, bank_rss = _status_bytes("VmHWM"), _status_bytes("VmRSS")
     reset = _reset_peak()

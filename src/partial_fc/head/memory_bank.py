@@ -30,11 +30,14 @@ _MX_BF16 = np.dtype([("bfloat16", np.uint16)])
 
 
 class MemoryBank:
-    def __init__(self, weight: np.ndarray, momentum: np.ndarray | None = None, *, ctx=None,
-                 storage: str = "device", lr_momentum: float = 0.9, wd: float = 5e-4, copy: bool = True,
+    """One rank's centers `weight` and their momentum `mom`, [count, D] each, with the SGD coefficients
+    `momentum` and `wd` (the names of MXNet's sgd_mom_update)."""
+
+    def __init__(self, weight: np.ndarray, mom: np.ndarray | None = None, *, ctx=None,
+                 storage: str = "device", momentum: float = 0.9, wd: float = 5e-4, copy: bool = True,
                  dtype: str = "float32"):
-        """weight/momentum: [count, D], float32 or already in the storage dtype `dtype` (bfloat16: uint16
-        bits). With copy=False a host bank adopts arrays already in the storage dtype (no second copy of a
+        """weight, mom: [count, D], float32 or already in the storage dtype `dtype` (bfloat16: uint16 bits).
+        With copy=False a host bank adopts arrays already in the storage dtype (no second copy of a
         multi-GB shard); by default it copies, so the caller's arrays are never updated."""
         if storage not in STORAGES:
             raise ValueError(f"unknown memory bank storage {storage!r} (known: {', '.join(STORAGES)})")
@@ -45,25 +48,25 @@ class MemoryBank:
             weight = as_storage(weight, dtype, copy, "centers")
         if weight.ndim != 2:
             raise ValueError(f"centers must be [count, dim], got shape {weight.shape}")
-        if momentum is None:
-            momentum = np.zeros_like(weight)
+        if mom is None:
+            mom = np.zeros_like(weight)
         elif dtype == "float32":
-            momentum = np.array(momentum, dtype=np.float32, copy=copy)
+            mom = np.array(mom, dtype=np.float32, copy=copy)
         else:
-            momentum = as_storage(momentum, dtype, copy, "momentum")
-        if momentum.shape != weight.shape:
-            raise ValueError(f"momentum shape {momentum.shape} differs from centers {weight.shape}")
-        self._settings(ctx, storage, lr_momentum, wd)
+            mom = as_storage(mom, dtype, copy, "momentum")
+        if mom.shape != weight.shape:
+            raise ValueError(f"momentum shape {mom.shape} differs from centers {weight.shape}")
+        self._settings(ctx, storage, momentum, wd)
         if storage == "device":
-            self.weight, self.momentum = self._device_array(weight), self._device_array(momentum)
+            self.weight, self.mom = self._device_array(weight), self._device_array(mom)
         else:
-            self.weight, self.momentum = weight, momentum
+            self.weight, self.mom = weight, mom
         release_free_memory()
 
-    def _settings(self, ctx, storage, lr_momentum, wd):
+    def _settings(self, ctx, storage, momentum, wd):
         self.ctx = ctx or mx.cpu()
         self.storage = storage
-        self.momentum_coef, self.wd = lr_momentum, wd
+        self.momentum, self.wd = momentum, wd
         if storage == "device" and self.dtype == "float32":
             native_row_update(self.ctx)  # load it now, while nothing runs, and warn at setup if it is missing
 
@@ -76,7 +79,7 @@ class MemoryBank:
 
     @classmethod
     def create(cls, count: int, dim: int, *, seed: int = 0, rank: int = 0, std: float = 0.01,
-               ctx=None, storage: str = "device", lr_momentum: float = 0.9, wd: float = 5e-4,
+               ctx=None, storage: str = "device", momentum: float = 0.9, wd: float = 5e-4,
                dtype: str = "float32"):
         """A fresh shard: centers ~ N(0, std^2), momentum zero.
 
@@ -87,15 +90,15 @@ class MemoryBank:
             raise ValueError(f"unknown memory bank storage {storage!r} (known: {', '.join(STORAGES)})")
         bank = cls.__new__(cls)
         bank.dtype = check_dtype(dtype)
-        bank._settings(ctx, storage, lr_momentum, wd)
+        bank._settings(ctx, storage, momentum, wd)
         rng = np.random.default_rng([seed, rank, 0x6261_6e6b])  # "bank": not the sampler's stream
         if storage == "device":
             mx_dtype = _MX_BF16 if dtype == "bfloat16" else storage_numpy_dtype(dtype)
             bank.weight = mx.nd.empty((count, dim), ctx=bank.ctx, dtype=mx_dtype)
-            bank.momentum = mx.nd.zeros((count, dim), ctx=bank.ctx, dtype=mx_dtype)
+            bank.mom = mx.nd.zeros((count, dim), ctx=bank.ctx, dtype=mx_dtype)
         else:
             bank.weight = np.empty((count, dim), dtype=storage_numpy_dtype(dtype))
-            bank.momentum = np.zeros((count, dim), dtype=storage_numpy_dtype(dtype))
+            bank.mom = np.zeros((count, dim), dtype=storage_numpy_dtype(dtype))
         for lo in range(0, count, CONVERT_ROWS):
             hi = min(lo + CONVERT_ROWS, count)
             rows = rng.standard_normal(size=(hi - lo, dim), dtype=np.float32) * np.float32(std)
@@ -111,7 +114,7 @@ class MemoryBank:
     @property
     def nbytes(self) -> int:
         """Bytes the shard occupies: centers + momentum (equals bank_bytes(count, dim, dtype))."""
-        size = self.weight.size + self.momentum.size
+        size = self.weight.size + self.mom.size
         return int(size * itemsize(self.dtype))
 
     # --- raw row access: storage dtype in and out ---
@@ -186,65 +189,65 @@ class MemoryBank:
             self._update_float32(sample, lo, hi, grad, lr, rows)
             return
         w = rows if rows is not None else self.gather_rows(sample, lo, hi)
-        m = self._take(self.momentum, sample, lo, hi)
+        m = self._take(self.mom, sample, lo, hi)
         index = sample.index[lo:hi]
         if self.storage == "device" and self.dtype == "float16":
             m = m.astype(np.float32)
             # float32 math on the rows, then one rounding of each result to the storage dtype.
-            mx.nd.sgd_mom_update(w, grad, m, out=w, lr=lr, momentum=self.momentum_coef, wd=self.wd)
+            mx.nd.sgd_mom_update(w, grad, m, out=w, lr=lr, momentum=self.momentum, wd=self.wd)
             self._put(self.weight, index, sample.full, w.astype(np.float16))
-            self._put(self.momentum, index, sample.full, m.astype(np.float16))
+            self._put(self.mom, index, sample.full, m.astype(np.float16))
             return
         w, m, g = w.asnumpy(), to_float32(m, self.dtype), grad.asnumpy()
-        m *= self.momentum_coef
+        m *= self.momentum
         m -= lr * (g + self.wd * w)
         w += m
         self._put(self.weight, index, sample.full, from_float32(w, self.dtype))
-        self._put(self.momentum, index, sample.full, from_float32(m, self.dtype))
+        self._put(self.mom, index, sample.full, from_float32(m, self.dtype))
 
     def _update_float32(self, sample: Sample, lo: int, hi: int, grad: mx.nd.NDArray, lr: float,
                         rows: mx.nd.NDArray | None = None) -> None:
         whole = (lo, hi) == (0, self.weight.shape[0])
         if self.storage == "device":
-            kw = dict(lr=lr, momentum=self.momentum_coef, wd=self.wd)
+            kw = dict(lr=lr, momentum=self.momentum, wd=self.wd)
             if sample.full:
-                w, m = (self.weight, self.momentum) if whole else (self.weight[lo:hi], self.momentum[lo:hi])
+                w, m = (self.weight, self.mom) if whole else (self.weight[lo:hi], self.mom[lo:hi])
                 mx.nd.sgd_mom_update(w, grad, m, out=w, **kw)  # in place (slices are views of the shard)
                 return
             idx = _index(sample.index[lo:hi], self.ctx)
             w = rows if rows is not None else mx.nd.take(self.weight, idx)
             update_in_place = native_row_update(self.ctx)
             if update_in_place is not None:
-                update_in_place(self.weight, self.momentum, w, grad, idx, **kw)
+                update_in_place(self.weight, self.mom, w, grad, idx, **kw)
                 return
             # Stock operators: update gathered copies of the rows, then scatter both back (twice the traffic).
-            m = mx.nd.take(self.momentum, idx)
+            m = mx.nd.take(self.mom, idx)
             mx.nd.sgd_mom_update(w, grad, m, out=w, **kw)  # updates m in place too
             self._scatter_rows(self.weight, idx, w)
-            self._scatter_rows(self.momentum, idx, m)
+            self._scatter_rows(self.mom, idx, m)
             return
         g = grad.asnumpy()
         if sample.full:
-            w, m = self.weight[lo:hi], self.momentum[lo:hi]  # views: updated in place
+            w, m = self.weight[lo:hi], self.mom[lo:hi]  # views: updated in place
         else:
             index = sample.index[lo:hi]
-            w, m = self.weight[index], self.momentum[index]
-        m *= self.momentum_coef
+            w, m = self.weight[index], self.mom[index]
+        m *= self.momentum
         m -= lr * (g + self.wd * w)
         w += m
         if not sample.full:
             self.weight[index] = w
-            self.momentum[index] = m
+            self.mom[index] = m
 
     def numpy(self) -> tuple[np.ndarray, np.ndarray]:
         """(centers, momentum) as host numpy arrays in the storage dtype (bfloat16: uint16 bits), for
         checkpoints and tests. Host storage returns the arrays themselves (no copy)."""
         if self.storage == "device":
-            w, m = self.weight.asnumpy(), self.momentum.asnumpy()
+            w, m = self.weight.asnumpy(), self.mom.asnumpy()
             if self.dtype == "bfloat16":
                 w, m = w.view(np.uint16), m.view(np.uint16)
             return w, m
-        return self.weight, self.momentum
+        return self.weight, self.mom
 
     def numpy_float32(self) -> tuple[np.ndarray, np.ndarray]:
         """(centers, momentum) widened to float32 (a copy; for tests and small shards)."""

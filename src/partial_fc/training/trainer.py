@@ -325,8 +325,8 @@ def _bank(cfg, comm, ckpt, num_classes, ctx):
     if ckpt is None:
         return None  # PartialFC creates a fresh shard from the seed
     start, count = shard_range(num_classes, comm.size, comm.rank)
-    weight, momentum = ckpt.centers(start, count, cfg.bank_dtype)  # converted if saved in another dtype
-    return MemoryBank(weight, momentum, ctx=ctx, storage=cfg.memory_bank, lr_momentum=cfg.momentum,
+    weight, mom = ckpt.centers(start, count, cfg.bank_dtype)  # converted if saved in another dtype
+    return MemoryBank(weight, mom, ctx=ctx, storage=cfg.memory_bank, momentum=cfg.momentum,
                       wd=cfg.weight_decay, copy=False, dtype=cfg.bank_dtype)
 
 
