@@ -4,12 +4,12 @@
     python unpack_glint360k.py --include /data/glint360k,/data/faces_emore --output /data/unpacked
     python unpack_glint360k.py --include /data/glint360k --md5 glint360k     # only check the published sums
 
-The same as `partial-fc unpack` (see src/partial_fc/unpack.py); requires the project to be installed
-(scripts/install.sh).
+The same command as `partial-fc unpack` (src/partial_fc/data/unpack.py), run through the same command line;
+requires the project to be installed (scripts/install.sh).
 """
 import sys
 
-from partial_fc.data.unpack import main
+from partial_fc import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.main(["unpack", *sys.argv[1:]]))

@@ -48,6 +48,31 @@ def _parent(add) -> argparse.ArgumentParser:
     return parser
 
 
-# --json: machine-readable output instead of the table.
-JSON = _parent(lambda p: p.add_argument("--json", action="store_true",
-                                        help="print the results as JSON instead of a table"))
+def _add_json(parser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+
+
+def _add_inference(parser) -> None:
+    parser.add_argument("--batch-size", type=positive_int, default=32,
+                        help="images per forward pass (default: %(default)s; memory grows with it)")
+    parser.add_argument("--gpu", type=int, default=None, metavar="ID", help="run on this GPU (default: the CPU)")
+
+
+# JPEG quality of a re-encode: the default of pack and make-bin, whose libraries take it from here.
+JPEG_QUALITY = 95
+
+
+def _add_resize(parser) -> None:
+    # WxH stays a string: the commands parse it, so a bad size is their one-line data error (exit 1).
+    parser.add_argument("--resize", metavar="WxH", help="decode, resize and re-encode as JPEG (default: the bytes "
+                                                        "as stored)")
+    parser.add_argument("--quality", type=int, default=JPEG_QUALITY,
+                        help="JPEG quality of --resize (default: %(default)s)")
+
+
+# --json: machine-readable output instead of the table (verify, ijb, memory-plan, every benchmark).
+JSON = _parent(_add_json)
+# --batch-size and --gpu: how a model is run over images (verify, ijb).
+INFERENCE = _parent(_add_inference)
+# --resize and --quality: the optional JPEG re-encode of the image tools (pack, make-bin).
+RESIZE = _parent(_add_resize)

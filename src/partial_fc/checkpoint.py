@@ -27,13 +27,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import atomic
+from .errors import UserError
 from .head.sharding import shard_range
 
 PREFIX = "model"
 _MANIFEST = re.compile(r"^" + PREFIX + r"-(\d{4,})\.json$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, incomplete, or does not fit the run that wants it."""
 
 

@@ -13,12 +13,15 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Mapping, MutableMapping
 
+from .errors import UserError
+
 
 PREFIX = "PFC_"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A PFC_* setting that is unknown or malformed."""
+    EXIT_STATUS = 2
 
 
 # Dataset presets: class counts of the public training sets, plus synthetic sizes for benchmarks.

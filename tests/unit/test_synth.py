@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from partial_fc import cli
 from partial_fc.data import synth
 from partial_fc.data.loader import open_rec
 
@@ -96,9 +97,9 @@ def test_images_are_pure_functions_and_nuisance_moves_them():
 
 
 def test_command_line(tmp_path, capsys):
-    assert synth.main(["--output", str(tmp_path / "d"), "--identities", "2", "--images-per-identity", "2",
-                       "--pairs", "4", "--quiet"]) == 0
+    assert cli.main(["synth", "--output", str(tmp_path / "d"), "--identities", "2", "--images-per-identity", "2",
+                     "--pairs", "4", "--quiet"]) == 0
     assert "wrote 4 images of 2 identities" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path / "d")) == FILES
-    assert synth.main(["--output", str(tmp_path / "e"), "--identities", "1", "--quiet"]) == 2
+    assert cli.main(["synth", "--output", str(tmp_path / "e"), "--identities", "1", "--quiet"]) == 2
     assert "error: need identities >= 2" in capsys.readouterr().err

@@ -12,7 +12,10 @@ import pickle
 
 import numpy as np
 
-class BinError(ValueError):
+from ..errors import UserError
+
+
+class BinError(UserError, ValueError):
     """A verification .bin that is missing or not in the expected format."""
 
 

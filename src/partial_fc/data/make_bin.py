@@ -14,7 +14,7 @@ Two pair-list formats (auto-detected: a first line of one or two integers means 
 The `.bin` is a pickle (protocol 4) of (list of encoded image bytes, list of bool issame), two images per
 pair. Images are stored as their file bytes, each checked to decode; --resize decodes, resizes and
 re-encodes as JPEG. The file is written under a temporary name and renamed into place, then loaded back
-through verification.load_pairs, the loader that never executes code from a `.bin`. --check runs only that
+through bins.load_pairs, the loader that never executes code from a `.bin`. --check runs only that
 loader (and the decode check) on an existing `.bin`.
 """
 from __future__ import annotations
@@ -25,12 +25,12 @@ import sys
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from .. import atomic
-from .pack import _parse_size, reencode
 from .bins import BinError, load_pairs
+from .pack import DEFAULT_QUALITY, _parse_size, reencode
 
-DEFAULT_QUALITY = 95
 _TRUE, _FALSE = {"1", "true", "yes", "same"}, {"0", "false", "no", "diff", "different"}
 
 
@@ -123,16 +123,15 @@ def make_bin(pairs: list[tuple[str, str, bool]], output: str, resize=None, quali
     """Write the .bin; an image used by several pairs is read once. Returns counts."""
     cache: dict[str, bytes] = {}
     images, issame = [], []
-    for n, (a, b, same) in enumerate(pairs, 1):
-        for path in (a, b):
-            if path not in cache:
-                cache[path] = _image(path, resize, quality)
-            images.append(cache[path])
-        issame.append(bool(same))
-        if progress and (n % 500 == 0 or n == len(pairs)):
-            print(f"\rmake-bin: {n}/{len(pairs)} pairs", end="", file=progress, flush=True)
-    if progress:
-        print(file=progress)
+    with tqdm(total=len(pairs), desc="make-bin", unit="pair", file=progress,
+              disable=not (progress and progress.isatty())) as bar:
+        for a, b, same in pairs:
+            for path in (a, b):
+                if path not in cache:
+                    cache[path] = _image(path, resize, quality)
+                images.append(cache[path])
+            issame.append(bool(same))
+            bar.update()
     atomic.write_bytes(output, pickle.dumps((images, issame), protocol=4))
     check(output)
     return {"pairs": len(issame), "same": sum(issame), "images": len(cache), "bytes": os.path.getsize(output)}
@@ -147,8 +146,12 @@ def check(path: str) -> dict:
     return {"pairs": int(issame.size), "same": int(issame.sum())}
 
 
+DESCRIPTION = ("Write a verification .bin (pickle of image bytes and issame) from LFW pairs.txt or 'path1 path2 "
+               "same' lines; --check loads a .bin safely.")
+
+
 def run(args) -> int:
-    """`partial-fc make-bin` from parsed arguments (see cli.py)."""
+    """`partial-fc make-bin`."""
     if args.check:
         if args.pairs or args.output:
             raise PairsError("--check takes only the .bin to check")
@@ -165,13 +168,12 @@ def run(args) -> int:
     return 0
 
 
-def add_arguments(p):
+def add_arguments(p) -> None:
     p.add_argument("--pairs", help="pairs list: LFW pairs.txt or 'path1 path2 same' lines")
     p.add_argument("--root", help="folder the image names are relative to (default: the pairs file's folder)")
     p.add_argument("--output", help="the .bin to write")
     p.add_argument("--format", choices=("auto", "lfw", "list"), default="auto",
-                   help="pairs list format (default: auto-detect)")
-    p.add_argument("--resize", metavar="WxH", help="decode, resize and re-encode as JPEG (default: file bytes)")
-    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY,
-                   help=f"JPEG quality of --resize (default: {DEFAULT_QUALITY})")
+                   help="pairs list format; auto: lfw when the first line is one or two integers, else list "
+                        "(default: %(default)s)")
     p.add_argument("--check", metavar="BIN", help="only check an existing .bin: loads safely, images decode")
+    # --resize and --quality come from the table's parent args.RESIZE.

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from .. import atomic
+from ..args import JPEG_QUALITY
 from .records import DataError, RecordWriter, pack_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-DEFAULT_QUALITY = 95
+DEFAULT_QUALITY = JPEG_QUALITY   # the --quality default (args.RESIZE)
 _FLOAT32_EXACT = 1 << 24   # float32 labels hold every integer up to here exactly
 
 
@@ -161,8 +162,9 @@ def pack(classes: list[tuple[int, list[str]]], output: str, shuffle: bool = Fals
     os.makedirs(output, exist_ok=True)
     rec, idx = os.path.join(output, "train.rec"), os.path.join(output, "train.idx")
     ranges = [None] * len(classes)
-    t0, last, key = time.time(), 0.0, 1
-    with RecordWriter(rec, idx) as w:
+    key = 1
+    with RecordWriter(rec, idx) as w, tqdm(total=total, desc="pack", unit="image", file=progress,
+                                           disable=not (progress and progress.isatty())) as bar:
         # Header first (key 0): images are keys 1..end-1, identity records end..end+len(classes)-1.
         w.write(0, pack_image([end, end + len(classes)], b""))
         for i in order:
@@ -176,22 +178,21 @@ def pack(classes: list[tuple[int, list[str]]], output: str, shuffle: bool = Fals
                     data = reencode(data, path, resize, quality)
                 w.write(key, pack_image(float(label), data, id=key))
                 key += 1
-                now = time.time()
-                if progress and (now - last > 0.5 or key == end):
-                    last = now
-                    print(f"\rpack: {key - 1}/{total} images ({(key - 1) / max(now - t0, 1e-9):.0f}/s)", end="",
-                          file=progress, flush=True)
+                bar.update()
             ranges[i] = (start, key)
         for j, (start, stop) in enumerate(ranges):
             w.write(end + j, pack_image([start, stop], b""))
-    if progress:
-        print(file=progress)
     atomic.write_text(os.path.join(output, "property"), f"{num_classes},{height},{width}\n")
     return {"images": total, "identities": len(classes), "num_classes": num_classes, "size": (width, height)}
 
 
+DESCRIPTION = ("Pack one folder per identity (class ids in folder order, by number when every name is a number) or "
+               "an im2rec .lst into train.rec, train.idx and property in the insightface layout; bytes pass "
+               "through unless --resize.")
+
+
 def run(args) -> int:
-    """`partial-fc pack` from parsed arguments (see cli.py)."""
+    """`partial-fc pack`."""
     if bool(args.input) == bool(args.lst):
         raise PackError("give exactly one of --input FOLDER and --lst FILE")
     if args.input:
@@ -205,14 +206,12 @@ def run(args) -> int:
     return 0
 
 
-def add_arguments(p):
+def add_arguments(p) -> None:
     p.add_argument("--input", help="folder with one sub-folder of images per identity")
     p.add_argument("--lst", help="im2rec .lst (index<TAB>label<TAB>path) instead of --input")
     p.add_argument("--root", help="folder the .lst paths are relative to (default: the .lst's folder)")
     p.add_argument("--output", required=True, help="folder to write train.rec, train.idx and property to")
     p.add_argument("--shuffle", action="store_true",
                    help="random order of identities in the file and of images within each (ids unchanged)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default: 0)")
-    p.add_argument("--resize", metavar="WxH", help="decode, resize and re-encode as JPEG (default: bytes as stored)")
-    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY,
-                   help=f"JPEG quality of --resize (default: {DEFAULT_QUALITY})")
+    p.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default: %(default)s)")
+    # --resize and --quality come from the table's parent args.RESIZE.

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UserError
+
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _PART = struct.Struct("<II")          # magic, lrec
@@ -44,7 +46,7 @@ _HEADER_PEEK = _PART.size + _IMAGE_HEADER.size + 4 * 8
 _MAX_SPAN = 1 << 22
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data. The message is one line naming the file and the problem."""
 
 

@@ -34,8 +34,10 @@ from functools import partial
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from .. import atomic
+from ..args import positive_int
 from .records import RecordWriter, pack_image
 
 SIZE = 112
@@ -254,22 +256,6 @@ def _identity_images(seed, split, numbers, nuisance, occlude, identity) -> list[
     return [_encode(image(seed, split, identity, k, nuisance, p, occlude)) for k in numbers]
 
 
-
-class _Progress:
-    def __init__(self, total: int, stream):
-        self.total, self.done, self.stream, self.t0, self.last = total, 0, stream, time.time(), 0.0
-
-    def add(self, n: int = 1):
-        self.done += n
-        now = time.time()
-        if self.stream and (now - self.last > 0.5 or self.done == self.total):
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            print(f"\rsynth: {self.done}/{self.total} images ({rate:.0f}/s)", end="", file=self.stream, flush=True)
-            if self.done == self.total:
-                print(file=self.stream)
-
-
 def make_pairs(seed: int, split: int, identities: int, images_per_identity: int, pairs: int) -> list:
     """`pairs` pairs ((identity, number), (identity, number), same) of a held-out split: the first half
     same-identity (two different images), the rest different identities; shuffled."""
@@ -302,12 +288,13 @@ def write_dataset(output_dir: str, identities: int = DEFAULT_IDENTITIES,
     held_out = max(2, val_pairs // 4)  # identities per verification set: each in ~2 same-identity pairs
     sets = {"synth_val": (_VAL, nuisance, 0.0), "synth_hard": (_HARD, nuisance * HARD_FACTOR, 0.25)}
     total = identities * images_per_identity + len(sets) * held_out * BIN_IMAGES_PER_IDENTITY
-    bar = _Progress(total, stream)
 
     rec, idx = os.path.join(output_dir, "train.rec"), os.path.join(output_dir, "train.idx")
     # OpenCV releases the GIL while drawing, warping and encoding, so a few threads help; map() keeps the
     # order, and each image has its own generator, so the files do not depend on the thread count.
-    with ThreadPoolExecutor(max(1, workers)) as pool, RecordWriter(rec, idx) as w:
+    with ThreadPoolExecutor(max(1, workers)) as pool, RecordWriter(rec, idx) as w, \
+            tqdm(total=total, desc="synth", unit="image", file=stream,
+                 disable=not (stream and stream.isatty())) as bar:
         n_images = identities * images_per_identity
         end = 1 + n_images
         # Header record 0: images are keys 1..end-1, identity records end..end+identities-1.
@@ -317,7 +304,7 @@ def write_dataset(output_dir: str, identities: int = DEFAULT_IDENTITIES,
             for k, data in enumerate(encoded):
                 key = 1 + i * images_per_identity + k
                 w.write(key, pack_image(float(i), data, id=key))
-            bar.add(images_per_identity)
+            bar.update(images_per_identity)
         for i in range(identities):
             start = 1 + i * images_per_identity
             w.write(end + i, pack_image([start, start + images_per_identity], b""))
@@ -328,7 +315,7 @@ def write_dataset(output_dir: str, identities: int = DEFAULT_IDENTITIES,
             encoded = {}
             for i, images in enumerate(pool.map(render_set, range(held_out))):
                 encoded.update({(i, k): data for k, data in enumerate(images)})
-                bar.add(BIN_IMAGES_PER_IDENTITY)
+                bar.update(BIN_IMAGES_PER_IDENTITY)
             bins, issame = [], []
             for a, b, same in make_pairs(seed, split, held_out, BIN_IMAGES_PER_IDENTITY, val_pairs):
                 bins += [encoded[a], encoded[b]]
@@ -343,24 +330,28 @@ def write_dataset(output_dir: str, identities: int = DEFAULT_IDENTITIES,
     return summary
 
 
-def add_arguments(p: argparse.ArgumentParser):
-    """The `partial-fc synth` options (for the command-line wiring)."""
+DESCRIPTION = ("Write train.rec/train.idx/property (insightface layout) of synthetic face-like identities plus "
+               "verification .bin pair sets of held-out identities: the built-in example for the trainer.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="folder to write train.rec/.idx/property and the .bin sets to")
-    p.add_argument("--identities", type=int, default=DEFAULT_IDENTITIES,
-                   help=f"training identities (default: {DEFAULT_IDENTITIES})")
-    p.add_argument("--images-per-identity", type=int, default=DEFAULT_IMAGES_PER_IDENTITY,
-                   help=f"training images per identity (default: {DEFAULT_IMAGES_PER_IDENTITY})")
-    p.add_argument("--pairs", type=int, default=DEFAULT_PAIRS,
-                   help=f"pairs per verification set, half same identity (default: {DEFAULT_PAIRS})")
+    p.add_argument("--identities", type=positive_int, default=DEFAULT_IDENTITIES,
+                   help="training identities (default: %(default)s)")
+    p.add_argument("--images-per-identity", type=positive_int, default=DEFAULT_IMAGES_PER_IDENTITY,
+                   help="training images per identity (default: %(default)s)")
+    p.add_argument("--pairs", type=positive_int, default=DEFAULT_PAIRS,
+                   help="pairs per verification set, half same identity (default: %(default)s)")
     p.add_argument("--nuisance", type=float, default=DEFAULT_NUISANCE,
-                   help=f"nuisance strength, 0 = only background and noise vary, 1 = strong; synth_hard uses "
-                        f"{HARD_FACTOR}x (default: {DEFAULT_NUISANCE})")
-    p.add_argument("--seed", type=int, default=0, help="seed of identities, images and pairs (default: 0)")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+                   help=f"strength of the per-image nuisances (pose, light, background, blur, noise): 0 = only "
+                        f"background and noise vary, 1 = strong; synth_hard uses {HARD_FACTOR}x "
+                        f"(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of identities, images and pairs (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
-    """Run `partial-fc synth` from parsed arguments; one line on stderr and status 2 on bad values."""
+    """`partial-fc synth`: one line on stderr and status 2 on values write_dataset refuses."""
     try:
         s = write_dataset(args.output, args.identities, args.images_per_identity, args.pairs, args.seed,
                           args.nuisance, progress=not args.quiet)
@@ -371,13 +362,3 @@ def run(args) -> int:
     print(f"wrote {s['images']} images of {s['identities']} identities ({s['rec_bytes'] / 1e6:.1f} MB) and "
           f"{sets} to {s['output']} in {s['seconds']:.1f} s")
     return 0
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="partial-fc synth", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

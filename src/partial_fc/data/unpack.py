@@ -17,14 +17,13 @@ check runs.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import re
 import sys
-import time
 
 import numpy as np
+from tqdm import tqdm
 
 from .records import DataError, RecordReader, index_images
 
@@ -105,24 +104,16 @@ def md5_targets(sums: dict[str, str], includes: list[str]) -> list[tuple[str, st
 
 
 def file_md5(path: str, progress=sys.stderr) -> str:
-    """Hex md5 of a file, read in chunks, with a progress line."""
-    size = os.path.getsize(path)
-    h, done, t0, last = hashlib.md5(), 0, time.time(), 0.0
-    with open(path, "rb") as f:
+    """Hex md5 of a file, read in chunks of _CHUNK bytes, with a progress bar (bytes) on a terminal."""
+    h = hashlib.md5()
+    with open(path, "rb") as f, tqdm(total=os.path.getsize(path), desc=f"md5 {path}", unit="B", unit_scale=True,
+                                     file=progress, disable=not (progress and progress.isatty())) as bar:
         while True:
             chunk = f.read(_CHUNK)
             if not chunk:
                 break
             h.update(chunk)
-            done += len(chunk)
-            now = time.time()
-            if progress and now - last > 0.5:
-                last = now
-                rate = done / max(now - t0, 1e-9) / 1e6
-                print(f"\rmd5 {path}: {done / 1e9:.2f}/{size / 1e9:.2f} GB ({rate:.0f} MB/s)", end="",
-                      file=progress, flush=True)
-    if progress:
-        print(f"\rmd5 {path}: {size / 1e9:.2f} GB", file=progress)
+            bar.update(len(chunk))
     return h.hexdigest()
 
 
@@ -154,7 +145,7 @@ def unpack(includes: list[str], output: str, progress=sys.stderr) -> dict:
         for folder in includes:  # open every input first: a missing file stops before anything is written
             readers.append(_open(folder))
         os.makedirs(output, exist_ok=True)
-        offset, written, t0 = 0, 0, time.time()
+        offset, written = 0, 0
         for reader in readers:
             index = index_images(reader)
             keys, labels = index.keys.tolist(), index.labels
@@ -166,22 +157,16 @@ def unpack(includes: list[str], output: str, progress=sys.stderr) -> dict:
                 i = int(np.argmax(labels >= classes))
                 raise UnpackError(f"{reader.rec_path}: record key {keys[i]} has label {labels[i]}, beyond the "
                                   f"{classes} identities its header record gives")
-            last = 0.0
-            for n, (key, label) in enumerate(zip(keys, labels.tolist())):
-                data = reader.read_image(key)[1]
-                d = os.path.join(output, f"{offset + label:08d}")
-                os.makedirs(d, exist_ok=True)
-                with open(os.path.join(d, f"{key:09d}{_ext(data)}"), "wb") as f:
-                    f.write(data)
-                written += 1
-                now = time.time()
-                if progress and (now - last > 0.5 or n == len(keys) - 1):
-                    last = now
-                    rate = written / max(now - t0, 1e-9)
-                    print(f"\r{reader.rec_path}: {n + 1}/{len(keys)} images ({rate:.0f}/s)", end="", file=progress,
-                          flush=True)
-            if progress:
-                print(file=progress)
+            with tqdm(total=len(keys), desc=reader.rec_path, unit="image", file=progress,
+                      disable=not (progress and progress.isatty())) as bar:
+                for key, label in zip(keys, labels.tolist()):
+                    data = reader.read_image(key)[1]
+                    d = os.path.join(output, f"{offset + label:08d}")
+                    os.makedirs(d, exist_ok=True)
+                    with open(os.path.join(d, f"{key:09d}{_ext(data)}"), "wb") as f:
+                        f.write(data)
+                    written += 1
+                    bar.update()
             offset += int(labels.max()) + 1 if labels.size else 0
     finally:
         for reader in readers:
@@ -189,8 +174,12 @@ def unpack(includes: list[str], output: str, progress=sys.stderr) -> dict:
     return {"images": written, "identities": offset}
 
 
+DESCRIPTION = ("Unpack RecordIO datasets (insightface or im2rec layout) into one folder per identity holding the "
+               "images as stored; --md5 checks the files first. The same as unpack_glint360k.py.")
+
+
 def run(args) -> int:
-    """`partial-fc unpack` / unpack_glint360k.py from parsed arguments."""
+    """`partial-fc unpack` (and unpack_glint360k.py, which runs it)."""
     includes = [s for s in args.include.split(",") if s]
     if not includes:
         raise UnpackError("--include names no folder")
@@ -207,19 +196,8 @@ def run(args) -> int:
     return 0
 
 
-def add_arguments(p):
+def add_arguments(p) -> None:
     p.add_argument("--include", required=True, help="comma-separated folders, each with train.rec and train.idx")
     p.add_argument("--output", help="folder to write one sub-folder per identity into")
     p.add_argument("--md5", metavar="SUMS",
                    help="check md5 sums first: glint360k, an md5sum-format file, or NAME=HEX[,NAME=HEX]")
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="unpack_glint360k.py", description=__doc__.splitlines()[0])
-    add_arguments(p)
-    a = p.parse_args(argv)
-    try:
-        return run(a)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1

@@ -3,9 +3,10 @@
     partial-fc export CHECKPOINT --output model.onnx [--batch-check N] [--opset 13]
 
 CHECKPOINT is a trainer checkpoint (its manifest model-NNNN.json, or the output folder, whose newest
-complete checkpoint is taken; the graph is rebuilt from symbols/ in fp32 with MXNet's PReLU operator) or a
-plain MXNet model as `partial-fc verify` takes it (PREFIX,EPOCH, PREFIX-NNNN.params, PREFIX-symbol.json),
-whose own graph is exported, cut at fc1 if it still carries a training head.
+complete checkpoint is taken) or a plain MXNet model (PREFIX,EPOCH, PREFIX-NNNN.params, PREFIX-symbol.json),
+loaded by models.load_model as `partial-fc verify` loads them: a trainer checkpoint's graph rebuilt from
+symbols/ in fp32 without dropout and with MXNet's PReLU operator (one ONNX PRelu per layer), a plain
+model's own graph cut at fc1 if it still carries a training head.
 
 The model has one input ``data`` float32 [N, 3, 112, 112] (raw RGB pixels 0..255, N free) and one output
 ``fc1`` float32 [N, D], the embedding before L2 normalisation; the normalisation (x - 127.5) / 128 stays in
@@ -36,6 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import atomic, checkpoint
+from ..args import positive_int
+from ..errors import UserError
 
 TOLERANCE = 1e-4        # largest absolute difference of any embedding value, onnxruntime vs MXNet
 DEFAULT_OPSET = 13      # MXNet 1.9.1's converters are written for opsets 12 and 13
@@ -43,7 +46,7 @@ IMAGE_SHAPE = (3, 112, 112)
 OUTPUT = "fc1"
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A checkpoint that cannot be exported, or an export whose output does not match MXNet's."""
 
 
@@ -68,47 +71,23 @@ class Result:
 
 def load_source(path: str) -> Source:
     """The graph and parameters to export from CHECKPOINT (see the module doc)."""
-    if os.path.isdir(path):
-        manifest = checkpoint.latest(path)
-        if manifest is None:
-            raise ExportError(f"{path}: holds no complete checkpoint (no model-NNNN.json manifest)")
-        return _from_manifest(manifest)
-    if path.endswith(".json") and not path.endswith("-symbol.json"):
-        if not os.path.exists(path):
-            raise ExportError(f"{path}: no such file or folder")
-        return _from_manifest(path)
-    return _from_plain_mxnet(path)
-
-
-def _from_manifest(manifest: str) -> Source:
-    import symbols
-
-    ckpt = checkpoint.load(manifest)
-    network, dim = ckpt.meta["network"], ckpt.meta["embedding_size"]
-    # Rebuilt rather than read from model-symbol.json: the trainer's graph may compute PReLU in its
-    # depthwise form, run the trunk in fp16 or hold a dropout; the parameters fit every form alike, and
-    # MXNet's PReLU operator in fp32 exports as one ONNX PRelu per layer.
-    try:
-        sym = symbols.get_symbol(network, embedding_size=dim, fp16=False, dropout=0.0, prelu_impl="leakyrelu")
-    except ValueError as e:
-        raise ExportError(f"{manifest}: {e}") from None
-    arg, aux = ckpt.backbone()
-    return Source(manifest, sym, _fp32(arg), _fp32(aux), f"{network}, D={dim}, step {ckpt.step}")
-
-
-def _from_plain_mxnet(spec: str) -> Source:
-    """PREFIX,EPOCH, PREFIX-NNNN.params or PREFIX-symbol.json, read as `partial-fc verify` reads them (its
-    graph cut at fc1 when it still carries a training head)."""
     import mxnet as mx
 
     from .models import load_model
 
-    if not os.path.exists(spec) and "," not in spec:
-        raise ExportError(f"{spec}: no such file or folder")
-    model = load_model(spec, mx.cpu())
+    if os.path.isdir(path):
+        if checkpoint.latest(path) is None:
+            raise ExportError(f"{path}: holds no complete checkpoint (no model-NNNN.json manifest)")
+    elif not os.path.exists(path) and ("," not in path or path.endswith(".json")):
+        raise ExportError(f"{path}: no such file or folder")
+    # On the CPU a trainer checkpoint's graph is fp32; MXNet's PReLU operator is what the ONNX converter knows.
+    model = load_model(path, mx.cpu(), prelu_impl="leakyrelu")
+    if model.network is not None:  # a trainer checkpoint: its graph comes from symbols/ and needs no repair
+        return Source(model.source, model.symbol, _fp32(model.arg_params), _fp32(model.aux_params),
+                      f"{model.network}, D={model.embedding_size}, step {model.step}")
     symbol, ones = _repair_plain(model.symbol, model.arg_params)
     arg = dict(_fp32(model.arg_params), **ones)
-    return Source(spec, symbol, arg, _fp32(model.aux_params), model.source)
+    return Source(path, symbol, arg, _fp32(model.aux_params), model.source)
 
 
 def _repair_plain(sym, arg_params: dict):
@@ -239,7 +218,7 @@ def reference_embeddings(source: Source, images: np.ndarray) -> np.ndarray:
     import mxnet as mx
 
     mod = mx.mod.Module(source.symbol, data_names=["data"], label_names=None, context=mx.cpu())
-    # Bound "for training", run with is_train=False (as verification.Verifier does): an inference-only
+    # Bound "for training", run with is_train=False (as protocol.Verifier does): an inference-only
     # bind on CPU goes through MXNet 1.9.1's MKLDNN subgraph fusion, whose outputs cannot be read back
     # after the first forward. The other way out, MXNET_SUBGRAPH_BACKEND=NONE, only works if set before
     # mxnet is imported, which a function cannot promise.
@@ -286,3 +265,27 @@ def export(source_path: str, output: str, *, batch_check: int = 4, opset: int = 
                           f"{output} not written")
     atomic.write_bytes(output, data)
     return Result(output, diff, batch_check, int(want.shape[1]), source.description)
+
+
+DESCRIPTION = ("Export a backbone to ONNX (input data [N,3,112,112] raw RGB 0..255, output fc1 [N,D]), run it "
+               "with onnxruntime and MXNet on the same random images and write the file only if they agree "
+               f"within {TOLERANCE:g}.")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint", help="a trainer output folder (newest checkpoint), a model-NNNN.json manifest, or "
+                                      "a plain MXNet model as PREFIX,EPOCH, PREFIX-NNNN.params or PREFIX-symbol.json")
+    p.add_argument("--output", required=True, help="the .onnx file to write")
+    p.add_argument("--batch-check", type=positive_int, default=4, metavar="N",
+                   help="random images compared between onnxruntime and MXNet (default: %(default)s)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help="ONNX opset to declare, 12 or newer (default: %(default)s)")
+
+
+def run(args) -> int:
+    """`partial-fc export`: one line naming the model, the file and the largest difference."""
+    result = export(args.checkpoint, args.output, batch_check=args.batch_check, opset=args.opset)
+    print(f"exported {result.description} to {result.path} (embedding size {result.embedding_size}); "
+          f"onnxruntime vs MXNet on {result.batch} images: max abs diff {result.max_abs_diff:.3g} "
+          f"(limit {TOLERANCE:g})")
+    return 0

@@ -18,7 +18,7 @@ detection score unless --no-detector-score (on by default, as in insightface's I
 numbers are comparable with published ones). A template's feature is the mean over its media (a media: one
 photo or one video) of the mean of that media's image features, L2-normalised; a pair's score is the
 cosine of its two templates' features. TAR at FAR 1e-6 ... 1e-1 comes from one ROC over all pairs
-(verification.tar_at_far: sklearn's roc_curve, duplicate FARs resolved, linear interpolation); a FAR
+(protocol.tar_at_far: sklearn's roc_curve, duplicate FARs resolved, linear interpolation); a FAR
 below 1 / #negative pairs cannot be measured and is reported as n/a.
 """
 from __future__ import annotations
@@ -28,9 +28,12 @@ import math
 import os
 import sys
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
+from tqdm import tqdm
 
+from ..errors import UserError
 from .protocol import tar_at_far
 
 SIZE = 112
@@ -42,7 +45,7 @@ FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 TARGETS = ("IJBB", "IJBC")
 
 
-class IJBError(ValueError):
+class IJBError(UserError, ValueError):
     """An IJB layout that is missing files or has malformed lines."""
 
 
@@ -279,9 +282,14 @@ def _far_key(far: float) -> str:
     return f"{far:.0e}"
 
 
-def run(model_spec: str, root: str, *, target: str = "IJBC", roc: str | None = None, detector_score: bool = True,
-        batch_size: int = 32, gpu: int | None = None, stream=None) -> dict:
-    """Evaluate; returns the result dict (what --json prints) and writes the ROC PNG."""
+def _advance(bar, done: int, _total: int) -> None:
+    """image_features' progress(done, total) on a tqdm bar."""
+    bar.update(done - bar.n)
+
+
+def evaluate_ijb(model_spec: str, root: str, *, target: str = "IJBC", roc: str | None = None,
+                 detector_score: bool = True, batch_size: int = 32, gpu: int | None = None, stream=None) -> dict:
+    """Evaluate; returns the result dict (what --json prints) and writes the ROC PNG. Progress to `stream`."""
     from .protocol import Verifier
     from .models import context, load_model
 
@@ -295,15 +303,9 @@ def run(model_spec: str, root: str, *, target: str = "IJBC", roc: str | None = N
     n = len(layout.names)
     print(f"ijb: {target}: {n} faces, {len(np.unique(layout.templates))} templates, {len(layout.pairs)} pairs",
           file=stream, flush=True)
-
-    def progress(done, total):
-        end = "\n" if done == total else ""
-        if stream.isatty() or done == total:
-            stream.write(f"\rijb: embedded {done}/{total} faces{end}")
-            stream.flush()
-
-    feats = image_features(verifier.embed, layout, detector_score=detector_score, chunk=batch_size * 8,
-                           progress=progress)
+    with tqdm(total=n, desc="ijb: embedded", unit="face", file=stream, disable=not stream.isatty()) as bar:
+        feats = image_features(verifier.embed, layout, detector_score=detector_score, chunk=batch_size * 8,
+                               progress=partial(_advance, bar))
     ids, tfeats = template_features(feats, layout.templates, layout.medias)
     scores = pair_scores(ids, tfeats, layout.pairs)
     tars = tar_at_far(scores, layout.labels, FARS)
@@ -327,8 +329,24 @@ def table(result: dict) -> str:
         head, row, f"ROC: {result['roc']}"])
 
 
-def main(args) -> int:
-    result = run(args.model, args.root, target=args.target, roc=args.roc, detector_score=args.detector_score,
-                 batch_size=args.batch_size, gpu=args.gpu)
+DESCRIPTION = ("1:1 template verification on the IJB-B or IJB-C layout (meta/ and loose_crop/): 5-point alignment, "
+               "flip features, media-then-template pooling, TAR at FAR 1e-6 .. 1e-1 and a ROC plot.")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="as for verify: output folder, manifest, PREFIX,EPOCH or PREFIX-NNNN.params")
+    p.add_argument("root", help="the IJB folder holding meta/ and loose_crop/")
+    p.add_argument("--target", default="IJBC", type=str.upper, choices=TARGETS,
+                   help="which release: files named ijbb_* or ijbc_* (default: %(default)s)")
+    p.add_argument("--roc", default=None, metavar="PNG", help="where to draw the ROC (default: <target>_roc.png)")
+    p.add_argument("--no-detector-score", dest="detector_score", action="store_false",
+                   help="do not weight each image's feature by its detection score (weighted by default)")
+    # --batch-size, --gpu (args.INFERENCE) and --json (args.JSON) come from the table's parents.
+
+
+def run(args) -> int:
+    """`partial-fc ijb`: the table (or JSON) on stdout, the ROC as a PNG."""
+    result = evaluate_ijb(args.model, args.root, target=args.target, roc=args.roc,
+                          detector_score=args.detector_score, batch_size=args.batch_size, gpu=args.gpu)
     print(json.dumps(result, indent=1) if args.json else table(result))
     return 0

@@ -6,10 +6,13 @@ MODEL is any of
     PREFIX,EPOCH                             a plain MXNet model: PREFIX-symbol.json + PREFIX-EPOCH.params
     PREFIX-NNNN.params                       the same, named by its parameter file
     PREFIX-symbol.json                       the same, with the newest PREFIX-NNNN.params next to it
-For a trainer checkpoint the graph is rebuilt from symbols/ per the manifest (network, embedding size):
-the parameters fit every form of the network alike. A plain MXNet model (e.g. an insightface release)
-brings its own graph; when it still has the training head, its `fc1` output is used. Either way the input
-is `data`, RGB 0..255.
+For a trainer checkpoint the graph is rebuilt from symbols/ per the manifest (network, embedding size)
+rather than read from model-symbol.json, whose form (PReLU variant, fp16 trunk, dropout) is the training
+run's: the parameters fit every form of the network alike. By default it is the form this machine runs
+best (the depthwise PReLU on a CPU, fp32 on a CPU even for an fp16 run, no dropout); export asks for MXNet's
+PReLU operator, which converts to ONNX PRelu. A plain MXNet model (e.g. an insightface release) brings its
+own graph; when it still has the training head, its `fc1` output is used. Either way the input is `data`
+[N, 3, 112, 112], RGB 0..255, and the output the embedding [N, D].
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ class Model:
     arg_params: dict
     aux_params: dict
     step: int | None     # the trainer step (None for a plain MXNet model)
+    network: str | None = None          # the trainer checkpoint's network (None for a plain MXNet model)
+    embedding_size: int | None = None   # its D (None for a plain MXNet model)
 
 
 def context(gpu: int | None):
@@ -89,29 +94,37 @@ def _plain_mxnet(prefix: str, epoch: int) -> Model:
     return Model(f"{sym_path} + {params}", _embedding_symbol(sym, sym_path), arg, aux, None)
 
 
-def _trainer_checkpoint(path: str, ctx) -> Model:
+def _trainer_checkpoint(path: str, ctx, prelu_impl: str | None) -> Model:
     import symbols
 
     ckpt = checkpoint.load(path)
     meta = ckpt.meta
+    network, dim = meta["network"], int(meta["embedding_size"])
+    if prelu_impl is None:  # the form the trainer runs on this kind of device, the same function either way
+        prelu_impl = "depthwise" if ctx.device_type == "cpu" else "leakyrelu"
     try:
-        sym = symbols.get_symbol(meta["network"], embedding_size=int(meta["embedding_size"]),
-                                 fp16=bool(meta.get("fp16")) and ctx.device_type == "gpu",
-                                 prelu_impl="depthwise" if ctx.device_type == "cpu" else "leakyrelu")
+        sym = symbols.get_symbol(network, embedding_size=dim, dropout=0.0, prelu_impl=prelu_impl,
+                                 fp16=bool(meta.get("fp16")) and ctx.device_type == "gpu")
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
     arg, aux = ckpt.backbone()
-    return Model(path, sym, arg, aux, ckpt.step)
+    return Model(path, sym, arg, aux, ckpt.step, network, dim)
 
 
-def load_model(spec: str, ctx=None) -> Model:
-    """Resolve MODEL (see the module doc) to a graph and its parameters; CheckpointError when it cannot."""
+def load_model(spec: str, ctx=None, *, prelu_impl: str | None = None) -> Model:
+    """Resolve MODEL (see the module doc) to a graph and its parameters; CheckpointError when it cannot.
+
+    ctx: the MXNet context to run on (default: the CPU); a trainer checkpoint's graph is fp32 on a CPU.
+    prelu_impl: the PReLU form of a trainer checkpoint's graph, "leakyrelu" (MXNet's operator) or "depthwise"
+    (see symbols.common.prelu); None: the depthwise form on a CPU, MXNet's operator on a GPU. A plain MXNet
+    model keeps its own graph.
+    """
     ctx = ctx or context(None)
     if os.path.isdir(spec):
         manifest = checkpoint.latest(spec)
         if manifest is None:
             raise CheckpointError(f"{spec}: no complete checkpoint (model-NNNN.json) in this folder")
-        model = _trainer_checkpoint(manifest, ctx)
+        model = _trainer_checkpoint(manifest, ctx, prelu_impl)
     elif re.search(r"-\d+\.params$", spec):
         prefix, epoch = spec.rsplit("-", 1)
         model = _plain_mxnet(prefix, int(epoch[:-len(".params")]))
@@ -128,7 +141,7 @@ def load_model(spec: str, ctx=None) -> Model:
             raise CheckpointError(f"{spec}: expected PREFIX,EPOCH with an integer epoch")
         model = _plain_mxnet(prefix, int(epoch))
     elif spec.endswith(".json"):
-        model = _trainer_checkpoint(spec, ctx)
+        model = _trainer_checkpoint(spec, ctx, prelu_impl)
     else:
         raise CheckpointError(f"{spec}: not an output folder, a model-NNNN.json manifest, PREFIX,EPOCH, "
                               f"PREFIX-NNNN.params or PREFIX-symbol.json")

@@ -2,7 +2,7 @@
 
     partial-fc plot RUN_DIR [--out PNG]          (default: RUN_DIR/curves.png)
 
-metrics.jsonl (callbacks.Reporter) holds one JSON object per report: every PFC_FREQUENT steps
+metrics.jsonl (training.report.Reporter) holds one JSON object per report: every PFC_FREQUENT steps
 {"step", "time", "loss", "lr", "samples_per_s", ...} (the loss is the mean over the steps since the previous
 report), and at each verification {"step", "time", "val/<set>/accuracy", "val/<set>/xnorm", ...}. The
 picture has the loss (left axis) and learning rate (right axis, log scale) against the step, and below it
@@ -16,12 +16,13 @@ import os
 from dataclasses import dataclass, field
 
 from .. import atomic
+from ..errors import UserError
 
 METRICS = "metrics.jsonl"
 DEFAULT_PNG = "curves.png"
 
 
-class PlotError(ValueError):
+class PlotError(UserError, ValueError):
     """A metrics log that is missing, empty or malformed."""
 
 
@@ -125,7 +126,17 @@ def draw(series: Series, out: str, title: str = "") -> dict:
     return drawn
 
 
-def main(args) -> int:
+DESCRIPTION = ("Draw the training loss, learning rate and verification accuracy per .bin against the step, from "
+               "the metrics.jsonl the trainer writes.")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("run", help="the trainer's output folder (or its metrics.jsonl)")
+    p.add_argument("--out", default=None, metavar="PNG", help=f"the image to write (default: RUN/{DEFAULT_PNG})")
+
+
+def run(args) -> int:
+    """`partial-fc plot`: one line naming the PNG and what it shows."""
     path = metrics_path(args.run)
     series = read_series(path)
     out = args.out or os.path.join(os.path.dirname(path) or ".", DEFAULT_PNG)

@@ -8,7 +8,11 @@ chosen here, so a change to either shows up in the plan.
 """
 from __future__ import annotations
 
-from .precision import itemsize
+import argparse
+import json
+
+from ..args import list_of, positive_int, rate
+from .precision import DTYPES, itemsize
 from .sampler import num_sampled
 from .sharding import shard_range
 
@@ -32,7 +36,6 @@ def chunk_rows_for(dim: int, bank_dtype: str, sampled: int) -> int:
 def bank_bytes(count: int, dim: int, dtype: str = "float32") -> int:
     """Analytic bytes of one shard: centers + momentum, [count, dim] each, in the storage dtype."""
     return 2 * int(count) * int(dim) * itemsize(dtype)
-
 
 
 # [N, S] float32 arrays alive at once at the operator's peak: the cosines, and the buffer that the logits,
@@ -85,3 +88,37 @@ def format_memory_plan(plans: list[dict]) -> str:
                      f"| {_gb(p['centers_bytes'])} | {_gb(p['momentum_bytes'])} | {p['sampled']:,} "
                      f"| {_gb(p['logits_bytes'])} | {_gb(p['working_bytes'])} | {_gb(p['total_bytes'])} |")
     return "\n".join(lines) + "\n"
+
+
+# ---- partial-fc memory-plan ------------------------------------------------------------------------------
+
+DESCRIPTION = ("Per-rank bytes of centers, momentum and the FC working set (the formula of memory_plan.memory_plan; "
+               "bench memory checks its bank part against real banks), as a markdown table or --json.")
+
+
+def _dtype(text: str) -> str:
+    """argparse type: a bank storage dtype."""
+    if text not in DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {text!r} (known: {', '.join(DTYPES)})")
+    return text
+
+
+def add_arguments(p) -> None:
+    # String defaults go through the type like a command-line value, so the help shows them as typed.
+    p.add_argument("--classes", type=positive_int, default="1e8", help="total classes (default: %(default)s)")
+    p.add_argument("--workers", type=list_of(positive_int), default="8,64", metavar="W[,W...]",
+                   help="world sizes (default: %(default)s)")
+    p.add_argument("--dtypes", type=list_of(_dtype), default="float32,float16", metavar="DTYPE[,DTYPE...]",
+                   help=f"bank storage dtypes, of {', '.join(DTYPES)} (default: %(default)s)")
+    p.add_argument("--dim", type=positive_int, default=512, help="embedding size D (default: %(default)s)")
+    p.add_argument("--rate", type=rate, default=0.1, help="sample rate r (default: %(default)s)")
+    p.add_argument("--batch", type=positive_int, default=64, help="per-worker batch (default: %(default)s)")
+    # --json comes from the table's parent args.JSON.
+
+
+def run(args) -> int:
+    """`partial-fc memory-plan`: the rows as a markdown table, or JSON."""
+    plans = [memory_plan(args.classes, w, args.dim, d, args.rate, args.batch)
+             for w in args.workers for d in args.dtypes]
+    print(json.dumps(plans, indent=2) if args.json else format_memory_plan(plans), end="\n" if args.json else "")
+    return 0

@@ -3,8 +3,8 @@
 Each identity c has a fixed prototype embedding; a sample of c is its prototype plus noise. Only the head
 learns: the class centers (memory bank, sparse SGD on sampled rows). Every rank draws its own batch, runs
 the distributed step, and rank 0 prints the global mean loss per step, which falls as the centers align
-with the prototypes. Run it as `horovodrun -np 2 -H localhost:2 bash config.sh` (config.sh picks it
-until the full trainer replaces it) or directly with `partial-fc demo`.
+with the prototypes. Run it alone with `partial-fc demo`, or one process per worker under a launcher:
+`horovodrun -np 2 -H localhost:2 --gloo partial-fc demo` (settings from PFC_*, as for the trainer).
 """
 from __future__ import annotations
 
@@ -13,13 +13,20 @@ import time
 import mxnet as mx
 import numpy as np
 
-from .. import dist
+from .. import config, dist
+from ..args import positive_int
 from ..config import Config
 from ..head.margin import Margin
 from ..head.operator import PartialFC
 
 
-def run(cfg: Config, steps: int = 0, noise: float = 0.5) -> list[float]:
+DESCRIPTION = ("The Partial FC head on synthetic identity embeddings, settings from PFC_* (see config.sh); prints "
+               "the global loss per step on rank 0.")
+
+
+def train_head(cfg: Config, steps: int = 0, noise: float = 0.5) -> list[float]:
+    """Train the head alone for `steps` steps (0: cfg.max_steps or 50) on prototypes plus `noise` (std of the
+    per-sample Gaussian, the prototypes' entries being standard normal); returns the global loss per step."""
     comm = dist.init(cfg.comm)
     steps = steps or cfg.max_steps or 50
     # Every rank holds the same prototypes (same seed), so samples of one identity agree across ranks.
@@ -49,3 +56,12 @@ def run(cfg: Config, steps: int = 0, noise: float = 0.5) -> list[float]:
         print(f"loss {head:.4f} -> {tail:.4f} over {steps} steps ({'fell' if tail < head else 'DID NOT FALL'})",
               flush=True)
     return losses
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--steps", type=positive_int, default=None, help="steps to run (default: PFC_MAX_STEPS or 50)")
+
+
+def run(args) -> int:
+    """`partial-fc demo`: exit 1 when no step ran."""
+    return 0 if train_head(config.load(), steps=args.steps or 0) else 1
