@@ -10,7 +10,7 @@ import time
 import pytest
 
 from partial_fc.head import precision
-from partial_fc.bench import fc
+from partial_fc.bench import common, fc
 from partial_fc.cli import main
 
 
@@ -56,7 +56,7 @@ def test_bench_fc_json():
 
 def test_bench_fc_float16_bank_and_table():
     out = io.StringIO()
-    report = fc.run(n_local=[500], batch=4, dim=8, rates=[1.0, 0.5], repeat=1, bank_dtype="float16",
+    report = fc.benchmark(n_local=[500], batch=4, dim=8, rates=[1.0, 0.5], repeat=1, bank_dtype="float16",
                     out=out, log=io.StringIO())
     assert report["config"]["bank_dtype"] == "float16"
     assert [r["bound_bytes"] for r in report["results"]] == [5 * 500 * 8 * 2, 5 * 250 * 8 * 2]
@@ -67,9 +67,9 @@ def test_bench_fc_float16_bank_and_table():
 
 
 def test_bench_fc_skips_what_does_not_fit(monkeypatch):
-    monkeypatch.setattr(fc, "available_memory", lambda: 1 << 20)
+    monkeypatch.setattr(common, "available_memory", lambda: 1 << 20)
     out, log = io.StringIO(), io.StringIO()
-    report = fc.run(n_local=[1000], batch=8, dim=16, rates=[1.0, 0.1], repeat=1, out=out, log=log)
+    report = fc.benchmark(n_local=[1000], batch=8, dim=16, rates=[1.0, 0.1], repeat=1, out=out, log=log)
     assert report["results"] == [] and report["targets"] == []
     [skip] = report["skipped"]
     need = fc.step_bytes(1000, 16, [1.0, 0.1], 8, "float32")

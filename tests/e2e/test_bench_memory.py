@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from partial_fc.head import memory_bank
-from partial_fc.bench import memory
+from partial_fc.bench import common, memory
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -20,7 +20,7 @@ def test_memory_rows(monkeypatch):
     # 100,000 x 32 float32 = 25.6 MB of centers + momentum: large against the noise of a child's RSS.
     monkeypatch.setitem(memory.TARGET, "n_local", 100_000)
     out = io.StringIO()
-    report = memory.run(n_local=[100_000], rates=[0.1], dtypes=["float32", "float16"], batch=8, dim=32, steps=1,
+    report = memory.benchmark(n_local=[100_000], rates=[0.1], dtypes=["float32", "float16"], batch=8, dim=32, steps=1,
                         out=out, log=io.StringIO())
     base = report["baseline"]["peak_bytes"]
     assert base > 0 and report["config"]["ratio_counts_baseline"] is True
@@ -45,9 +45,9 @@ def test_memory_rows(monkeypatch):
 
 
 def test_points_that_do_not_fit_are_skipped(monkeypatch):
-    monkeypatch.setattr(memory.fc, "available_memory", lambda: 1 << 20)
+    monkeypatch.setattr(common, "available_memory", lambda: 1 << 20)
     out = io.StringIO()
-    report = memory.run(n_local=[1000], rates=[0.1], dtypes=["float32"], batch=8, dim=16, steps=1, out=out,
+    report = memory.benchmark(n_local=[1000], rates=[0.1], dtypes=["float32"], batch=8, dim=16, steps=1, out=out,
                         log=io.StringIO())
     assert report["results"] == []
     [skip] = report["skipped"]

@@ -4,13 +4,13 @@ import json
 import subprocess
 import sys
 
-from partial_fc.bench import fc, sampler
+from partial_fc.bench import common, fc, sampler
 from partial_fc.head.sampler import num_sampled
 
 
 def test_sampler_rows_and_share():
     out = io.StringIO()
-    report = sampler.run(n_local=[1000, 4000], rate=0.1, batch=8, dim=16, repeat=3, step_repeat=1,
+    report = sampler.benchmark(n_local=[1000, 4000], rate=0.1, batch=8, dim=16, repeat=3, step_repeat=1,
                          out=out, log=io.StringIO())
     assert report["benchmark"] == "sampler" and report["config"]["rate"] == 0.1
     rows = report["results"]
@@ -24,10 +24,10 @@ def test_sampler_rows_and_share():
 
 
 def test_share_is_na_when_the_step_cannot_run(monkeypatch):
-    monkeypatch.setattr(fc, "available_memory", lambda: 0)
+    monkeypatch.setattr(common, "available_memory", lambda: 0)
     monkeypatch.setitem(sampler.TARGET, "n_local", 2000)
     out = io.StringIO()
-    report = sampler.run(n_local=[2000], rate=0.1, batch=8, dim=16, repeat=2, out=out, log=io.StringIO())
+    report = sampler.benchmark(n_local=[2000], rate=0.1, batch=8, dim=16, repeat=2, out=out, log=io.StringIO())
     [row] = report["results"]
     assert row["sampler_s"] > 0
     assert row["step_s"] is None and row["share"] is None
@@ -53,7 +53,7 @@ def test_share_is_bounded_by_the_same_sized_full_step_when_the_step_does_not_fit
     S = num_sampled(n, rate, batch)
     fits = fc.step_bytes(S, dim, [1.0], batch, "float32")
     assert fits < fc.step_bytes(n, dim, [rate], batch, "float32")
-    monkeypatch.setattr(fc, "available_memory", lambda: fits)  # the bound's step fits, the real one not
+    monkeypatch.setattr(common, "available_memory", lambda: fits)  # the bound's step fits, the real one not
     monkeypatch.setitem(sampler.TARGET, "n_local", n)
     timed = []
     real = sampler._step_time
@@ -64,7 +64,7 @@ def test_share_is_bounded_by_the_same_sized_full_step_when_the_step_does_not_fit
 
     monkeypatch.setattr(sampler, "_step_time", spy)
     out = io.StringIO()
-    report = sampler.run(n_local=[n], rate=rate, batch=batch, dim=dim, repeat=2, step_repeat=1, out=out,
+    report = sampler.benchmark(n_local=[n], rate=rate, batch=batch, dim=dim, repeat=2, step_repeat=1, out=out,
                          log=io.StringIO())
     [row] = report["results"]
     assert timed == [(S, 1.0)]  # only the full step over S rows ran, never the real one

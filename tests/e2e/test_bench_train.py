@@ -15,8 +15,8 @@ import pytest
 
 from partial_fc.data import loader as data, synth
 from partial_fc.training import trainer
-from partial_fc.bench import train as bench
-from partial_fc.bench.fc import BenchError
+from partial_fc.bench import common, train as bench
+from partial_fc.bench.common import BenchError
 from partial_fc.dist import LocalComm
 
 BIN = os.path.dirname(sys.executable)
@@ -38,7 +38,7 @@ def faces(tmp_path_factory):
 
 def test_train_bench_one_worker_report_is_consistent(tmp_path):
     out, log = io.StringIO(), io.StringIO()
-    report = bench.run([1000], [0.5, 1.0], workers=1, batch=2, dim=8, warmup=1, steps=2, omp_threads=1,
+    report = bench.benchmark([1000], [0.5, 1.0], workers=1, batch=2, dim=8, warmup=1, steps=2, omp_threads=1,
                        as_json=True, out=out, log=log, workdir=str(tmp_path))
     assert json.loads(out.getvalue()) == json.loads(json.dumps(report))
     assert report["config"]["launcher"].startswith("none") and report["skipped"] == []
@@ -68,10 +68,10 @@ def test_train_bench_one_worker_report_is_consistent(tmp_path):
 
 
 def test_points_that_do_not_fit_in_memory_are_skipped_not_run(monkeypatch):
-    monkeypatch.setattr(bench.fc, "available_memory", lambda: 1 << 20)
+    monkeypatch.setattr(common, "available_memory", lambda: 1 << 20)
     monkeypatch.setattr(bench.subprocess, "Popen", None)  # launching anything would fail the test
     out = io.StringIO()
-    report = bench.run([1000, 2000], [1.0, 0.1], workers=2, batch=4, dim=8, out=out, log=io.StringIO())
+    report = bench.benchmark([1000, 2000], [1.0, 0.1], workers=2, batch=4, dim=8, out=out, log=io.StringIO())
     assert report["results"] == []
     assert [(s["classes"], s["rates"]) for s in report["skipped"]] == [(1000, [1.0]), (1000, [0.1]), (2000, [1.0]),
                                                                       (2000, [0.1])]
@@ -134,7 +134,7 @@ def test_the_copy_gives_image_record_iter_exactly_our_pixels(faces, tmp_path):
 
 def test_io_bench_report_is_consistent(faces, tmp_path):
     out = io.StringIO()
-    report = bench.run_io(str(faces), batch=4, threads=[1, 2], batches=2, repeat=3, as_json=True, out=out,
+    report = bench.benchmark_io(str(faces), batch=4, threads=[1, 2], batches=2, repeat=3, as_json=True, out=out,
                           log=io.StringIO(), workdir=str(tmp_path))
     assert json.loads(out.getvalue()) == json.loads(json.dumps(report))
     assert report["config"]["images"] == 12 and report["config"]["source_rec_layout"] == "insightface"
@@ -157,7 +157,7 @@ def test_io_bench_report_is_consistent(faces, tmp_path):
 
 def test_io_bench_too_few_images_is_an_error(faces):
     with pytest.raises(BenchError, match=r"train\.rec: 48 images, fewer than the 64"):
-        bench.run_io(str(faces), batch=8, threads=[1], batches=7, repeat=1, out=io.StringIO(), log=io.StringIO())
+        bench.benchmark_io(str(faces), batch=8, threads=[1], batches=7, repeat=1, out=io.StringIO(), log=io.StringIO())
 
 
 def test_io_bench_writes_synthetic_data_without_a_data_dir():

@@ -8,7 +8,7 @@ from partial_fc.bench import comm as bench_comm
 
 def test_bench_comm_rows(comm):
     out = io.StringIO()
-    report = bench_comm.run(batches=[2 * comm.size, 5 * comm.size + 1], dim=8, repeat=2, fc_n_local=50,
+    report = bench_comm.benchmark(batches=[2 * comm.size, 5 * comm.size + 1], dim=8, repeat=2, fc_n_local=50,
                             fc_rate=0.5, fc_repeat=1, comm=comm, out=out, log=io.StringIO())
     assert report["config"]["world_size"] == comm.size
     rows = report["results"]

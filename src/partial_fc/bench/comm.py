@@ -47,7 +47,8 @@ import numpy as np
 from .. import config, dist
 from ..head.margin import Margin
 from ..head.operator import PartialFC
-from . import fc
+from ..args import list_of, positive_int, rate
+from . import common, fc
 
 DEFAULT_BATCHES = (128, 1024, 8192)
 DEFAULT_REPEAT = 50
@@ -60,7 +61,7 @@ TARGET_ALLGATHER = {"min_elements": 128 * 512, "min_ratio": 1.6}
 TARGET_SHARE = {"n_local": 1_000_000, "max_share": 0.05}
 
 
-def run(batches=DEFAULT_BATCHES, dim=fc.DEFAULT_DIM, repeat=DEFAULT_REPEAT, fc_n_local=DEFAULT_FC_N_LOCAL,
+def benchmark(batches=DEFAULT_BATCHES, dim=fc.DEFAULT_DIM, repeat=DEFAULT_REPEAT, fc_n_local=DEFAULT_FC_N_LOCAL,
         fc_rate=DEFAULT_FC_RATE, fc_repeat=fc.DEFAULT_REPEAT, *, step=True, bank_dtype="float32", comm=None,
         seed=0, as_json=False, out=None, log=None) -> dict:
     """Time the collectives on every rank; rank 0 prints the table (or JSON). Returns the report on every rank.
@@ -72,11 +73,11 @@ def run(batches=DEFAULT_BATCHES, dim=fc.DEFAULT_DIM, repeat=DEFAULT_REPEAT, fc_n
     batches = [int(b) for b in batches]
     if not batches or min(batches) < 1 or dim < 1 or repeat < 1 or fc_n_local < 1 or fc_repeat < 1:
         raise ValueError("batches, dim, repeat, fc_n_local and fc_repeat must be >= 1")
-    fc.check_bank_dtype(bank_dtype)
+    common.check_bank_dtype(bank_dtype)
     comm = comm or dist.init(config.load().comm)
     world = comm.size
     if min(batches) < world:
-        raise fc.BenchError(f"global batch {min(batches)} is smaller than the world size {world}")
+        raise common.BenchError(f"global batch {min(batches)} is smaller than the world size {world}")
     say = (lambda msg: print(msg, file=log, flush=True)) if comm.rank == 0 else (lambda msg: None)
 
     t_start = time.perf_counter()
@@ -87,7 +88,7 @@ def run(batches=DEFAULT_BATCHES, dim=fc.DEFAULT_DIM, repeat=DEFAULT_REPEAT, fc_n
     step_report = _fc_share(comm, fc_n_local, dim, fc_rate, fc_repeat, seed, bank_dtype, say) if step else None
     report = {
         "benchmark": "comm",
-        "machine": fc.machine_info(),
+        "machine": common.machine_info(),
         "config": {"world_size": world, "transport": comm.transport, "batches": batches, "dim": dim,
                    "repeat": repeat, "warmup": WARMUP, "fc_n_local": fc_n_local, "fc_rate": fc_rate,
                    "fc_repeat": fc_repeat, "fc_batch_per_rank": FC_BATCH // world, "step": step,
@@ -98,7 +99,7 @@ def run(batches=DEFAULT_BATCHES, dim=fc.DEFAULT_DIM, repeat=DEFAULT_REPEAT, fc_n
         "wall_s": time.perf_counter() - t_start,
     }
     if comm.rank == 0:
-        fc.emit(report, format_table, as_json, out)
+        common.emit(report, format_table, as_json, out)
     return report
 
 
@@ -158,12 +159,12 @@ def _fc_share(comm, n_local, dim, rate, repeat, seed, bank_dtype, say) -> dict:
     world = comm.size
     b = max(1, FC_BATCH // world)
     need = fc.step_bytes(n_local, dim, [rate], b * world, bank_dtype) * world
-    have = fc.available_memory()
+    have = common.available_memory()
     fits = have is None or need <= have
     # Rank 0 decides for everyone: every rank must run the step's collectives, or none.
     fits = bool(comm.broadcast(mx.nd.array([1 if fits else 0], dtype=np.int32), 0, "bench.fits").asscalar())
     if not fits:
-        message = f"skipped: {world} ranks need {need / fc.GIB:.1f} GiB, {have / fc.GIB:.1f} available"
+        message = f"skipped: {world} ranks need {need / common.GIB:.1f} GiB, {have / common.GIB:.1f} available"
         say(f"bench comm: FC step at N_local={n_local}: {message}")
         return {"n_local": n_local, "rate": rate, "skipped": message}
     say(f"bench comm: timing the FC step at N_local={n_local} r={rate:g} ({world} ranks, {bank_dtype} bank) ...")
@@ -243,7 +244,7 @@ def format_table(report: dict) -> str:
     lines = [
         f"partial-fc bench comm: us per collective (mean of {c['repeat']} calls after {c['warmup']} warm-ups, the "
         f"slowest rank's), {c['world_size']} ranks over {c['transport']}, D={c['dim']}",
-        *fc.machine_lines(report["machine"]),
+        *common.machine_lines(report["machine"]),
     ]
     if c["world_size"] == 1:
         lines.append("world size 1: nothing is communicated; run under horovodrun -np 2 -H localhost:2 --gloo")
@@ -256,7 +257,7 @@ def format_table(report: dict) -> str:
              f"{r['ratio']:.2f}" + ("" if r["emulation_matches"] else " (MISMATCH)"),
              f"{r['us_median']['allgather features']:.0f} / {r['us_median']['emulated allgather']:.0f} = "
              f"{r['ratio_median']:.2f}", verdicts.get(r["b_global"], "-")) for r in report["results"]]
-    lines += fc.table(head, rows)
+    lines += common.table(head, rows)
     lines += ["", "ratio = emulated allgather (allreduce Sum of a zero-padded [N, D] buffer, fill included) / "
                   "real allgather of the features, on the mean us per call (judged: a small collective's time "
                   "per call is bimodal, one Horovod cycle or several, and its median jumps between the modes); "
@@ -284,3 +285,32 @@ def format_table(report: dict) -> str:
             ]
     lines.append(f"wall time {report['wall_s']:.1f} s")
     return "\n".join(lines) + "\n"
+
+
+DESCRIPTION = ("Microseconds per collective the operator uses (allgather of features and labels, Max, packed Sum, "
+               "reduce-scatter) against the zero-padded allreduce that emulates an allgather, and the FC step's "
+               "communication share. Run one process per rank: horovodrun -np 2 -H localhost:2 --gloo partial-fc "
+               "bench comm. Rank 0 prints.")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--batch", type=list_of(positive_int), default=list(DEFAULT_BATCHES), metavar="B[,B...]",
+                        help="global batch sizes B_global (default: %(default)s)")
+    common.add_dim(parser)
+    parser.add_argument("--repeat", type=positive_int, default=DEFAULT_REPEAT,
+                        help="timed calls per collective, after warm-up (default: %(default)s)")
+    parser.add_argument("--fc-n-local", type=positive_int, default=DEFAULT_FC_N_LOCAL,
+                        help="classes per rank of the FC step whose communication share is measured "
+                             "(default: %(default)s)")
+    parser.add_argument("--fc-rate", type=rate, default=DEFAULT_FC_RATE, help="its sample rate (default: %(default)s)")
+    parser.add_argument("--fc-repeat", type=positive_int, default=fc.DEFAULT_REPEAT,
+                        help="its timed steps (default: %(default)s)")
+    parser.add_argument("--no-step", dest="step", action="store_false", help="time the collectives only")
+    common.add_bank_dtype(parser, "the FC step's bank")
+
+
+def run(args) -> int:
+    benchmark(batches=args.batch, dim=args.dim, repeat=args.repeat, fc_n_local=args.fc_n_local,
+              fc_rate=args.fc_rate, fc_repeat=args.fc_repeat, step=args.step, bank_dtype=args.bank_dtype,
+              as_json=args.json)
+    return 0

@@ -34,9 +34,6 @@ Targets of the issue (shown with pass/fail, never asserted): ratio t(1)/t(0.1) >
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import json
-import os
 import statistics
 import sys
 import time
@@ -44,7 +41,6 @@ import time
 import mxnet as mx
 import numpy as np
 
-from .. import config
 from ..dist import LocalComm
 from ..head import memory_plan, precision
 from ..head.margin import Margin
@@ -52,11 +48,14 @@ from ..head.memory_bank import MemoryBank
 from ..head.memory_plan import chunk_rows_for
 from ..head.operator import PartialFC
 from ..head.sampler import num_sampled
+from ..args import list_of, positive_int, rate
+from . import common
+from .common import (GIB, add_bank_dtype, add_dim, check_bank_dtype, emit, machine_info,
+                     machine_lines, median_time, memcpy_bandwidth, ms, skip_record, table, target_labels)
 
 DEFAULT_N_LOCAL = (100_000, 1_000_000)
 DEFAULT_RATES = (1.0, 0.3, 0.1)
 DEFAULT_BATCH, DEFAULT_DIM, DEFAULT_REPEAT = 128, 512, 3
-BANK_DTYPES = precision.DTYPES
 LR = 0.1
 MATMULS_PER_STEP = 3
 # Bank traffic of the ideal sparse step, in rows of centers or momentum: read the centers for the forward,
@@ -64,7 +63,6 @@ MATMULS_PER_STEP = 3
 BANK_PASSES = 5
 # The phases PartialFC.clock sees (names repeat within a step; the clock adds them up).
 PHASES = ("exchange", "sample", "gather", "normalise", "matmul", "softmax", "scatter", "update")
-GIB = 2.0 ** 30
 
 # The issue's targets. The ratio one holds at N_local = 1e6 only; the others at every N_local.
 TARGET_RATIO = {"n_local": 1_000_000, "ref_rate": 1.0, "rate": 0.1, "min": 9.0}
@@ -72,11 +70,7 @@ TARGET_SAMPLER = {"rate": 0.1, "max_share": 0.02}
 TARGET_MATMUL = {"min_share": 0.70}
 
 
-class BenchError(ValueError):
-    """A benchmark cannot run as asked (an unsupported option, a missing launcher)."""
-
-
-def run(n_local=DEFAULT_N_LOCAL, batch=DEFAULT_BATCH, dim=DEFAULT_DIM, rates=DEFAULT_RATES,
+def benchmark(n_local=DEFAULT_N_LOCAL, batch=DEFAULT_BATCH, dim=DEFAULT_DIM, rates=DEFAULT_RATES,
         repeat=DEFAULT_REPEAT, *, bank_dtype="float32", seed=0, as_json=False, out=None, log=None) -> dict:
     """Run the benchmark, print a table (or JSON with as_json) to `out`, progress lines to `log`.
 
@@ -103,7 +97,7 @@ def run(n_local=DEFAULT_N_LOCAL, batch=DEFAULT_BATCH, dim=DEFAULT_DIM, rates=DEF
     results, skipped = [], []
     for n in n_local:
         need = step_bytes(n, dim, rates, batch, bank_dtype)
-        have = available_memory()
+        have = common.available_memory()
         if have is not None and need > have:
             skipped.append(skip_record(n, rates, need, have, log))
             continue
@@ -189,11 +183,6 @@ def _bench_n_local(n, batch, dim, rates, repeat, seed, bank_dtype, rng, numpy_re
 
 # ---- pieces the other benchmarks reuse ------------------------------------------------------------------
 
-def check_bank_dtype(dtype: str) -> None:
-    if dtype not in BANK_DTYPES:
-        raise BenchError(f"unknown bank dtype {dtype!r} (known: {', '.join(BANK_DTYPES)})")
-
-
 def make_bank(n: int, dim: int, seed: int, dtype: str) -> MemoryBank:
     """A fresh device bank of n rows stored as `dtype`."""
     check_bank_dtype(dtype)
@@ -214,24 +203,6 @@ def step_bytes(n: int, dim: int, rates, batch: int, dtype: str) -> int:
     s = max(num_sampled(n, r, batch) for r in rates)
     rows = min(s, chunk_rows_for(dim, dtype, s))
     return bank_bytes(n, dim, dtype) + 4 * 4 * rows * dim + 8 * 4 * batch * s + int(0.5 * GIB)
-
-
-def available_memory() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes (None where it cannot be read)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def skip_record(n: int, rates, need: int, have: int, log) -> dict:
-    message = f"skipped: needs {need / GIB:.1f} GiB, {have / GIB:.1f} available"
-    print(f"bench: N_local={n}: {message}", file=log, flush=True)
-    return {"n_local": n, "rates": list(rates), "needs_bytes": need, "available_bytes": have, "message": message}
 
 
 def time_step(op: PartialFC, features, labels, step: int) -> tuple[float, int]:
@@ -294,25 +265,6 @@ def median_phases(steps: list[dict]) -> dict:
     return {p: statistics.median(s.get(p, 0.0) for s in steps) for p in names}
 
 
-def median_time(fn, repeat: int) -> float:
-    fn(0)  # warm-up
-    times = []
-    for step in range(1, repeat + 1):
-        t0 = time.perf_counter()
-        fn(step)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def memcpy_bandwidth(nbytes: int = 256 << 20, repeat: int = 5) -> float:
-    """Bytes per second a numpy copy moves (read + write) between two pre-touched buffers."""
-    src = np.ones(nbytes // 4, dtype=np.float32)
-    dst = np.zeros_like(src)
-    dst.fill(1.0)  # pre-touch: first-touch page faults are not bandwidth
-    seconds = median_time(lambda _: np.copyto(dst, src), repeat)
-    return 2.0 * nbytes / seconds
-
-
 def _numpy_matmul_time(batch: int, dim: int, s: int, repeat: int, rng) -> float:
     """Median seconds of a float32 [B, D] x [D, S] numpy matmul, laid out as the step's F.W^T."""
     a = rng.random((batch, dim), dtype=np.float32)
@@ -347,110 +299,6 @@ def _targets(results: list[dict]) -> list[dict]:
     return out
 
 
-def machine_info() -> dict:
-    """Cores, library versions and thread pools, as far as they can be read without the environment."""
-    features = mx.runtime.Features()
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "mxnet": mx.__version__,
-        "mxnet_features": [f for f in ("OPENMP", "BLAS_OPEN", "BLAS_MKL", "MKLDNN", "CUDA")
-                           if features.is_enabled(f)],
-        "numpy": np.__version__,
-        "numpy_blas": ",".join(k.removesuffix("_info") for k in _numpy_blas_sections()) or None,
-        "blas": _blas_libraries(),
-        "process_threads": _process_threads(),
-        # Reported, not set: the launch environment decides these (config.sh / the user's shell).
-        "thread_settings": config.thread_settings(),
-    }
-
-
-def _numpy_blas_sections() -> list[str]:
-    try:
-        from numpy import __config__ as cfg
-    except ImportError:
-        return []
-    return [k for k in dir(cfg) if k.endswith("_info") and "blas" in k and "lapack" not in k
-            and not k.startswith("blas_")]
-
-
-def _blas_libraries() -> dict:
-    """Each OpenBLAS loaded in this process (MXNet's and numpy's are separate builds) with its thread
-    count and build string, keyed by file name; what threadpoolctl would report. Best effort."""
-    found = {}
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if "openblas" in line and line.split()[-1].startswith("/")})
-    except OSError:
-        return found
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LOCAL)
-        except OSError:
-            continue
-        for suffix in ("", "64_"):  # numpy's ILP64 build suffixes its symbols with 64_
-            threads = getattr(lib, "openblas_get_num_threads" + suffix, None)
-            config = getattr(lib, "openblas_get_config" + suffix, None)
-            if threads is not None:
-                threads.restype, info = ctypes.c_int, {"threads": int(threads())}
-                if config is not None:
-                    config.restype = ctypes.c_char_p
-                    info["config"] = config().decode(errors="replace").strip()
-                found[os.path.basename(path)] = info
-                break
-    return found
-
-
-def _process_threads() -> int | None:
-    """Threads of this process now (MXNet engine workers, OpenMP and BLAS pools)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
-    except (OSError, StopIteration, ValueError):
-        return None
-
-
-# ---- output -----------------------------------------------------------------------------------------------
-
-def emit(report: dict, formatter, as_json: bool, out) -> None:
-    """Print the report as JSON or through its table formatter."""
-    if as_json:
-        json.dump(report, out, indent=2)
-        out.write("\n")
-    else:
-        out.write(formatter(report))
-    out.flush()
-
-
-def machine_lines(m: dict) -> list[str]:
-    """The header lines every benchmark prints: cores, libraries, BLAS pools and thread settings."""
-    settings = " ".join(f"{k}={v}" for k, v in m["thread_settings"].items() if v is not None) or "none set"
-    return [
-        f"machine: {m['cpu_count']} CPUs ({m['cpus_usable']} usable); mxnet {m['mxnet']} "
-        f"[{' '.join(m['mxnet_features'])}]; numpy {m['numpy']} [{m['numpy_blas']}]",
-        *(f"blas: {name}: {b['threads']} threads, {b.get('config', '?')}" for name, b in m["blas"].items()),
-        f"thread settings: {settings}; process threads after the run: {m['process_threads']}",
-    ]
-
-
-def table(head, rows) -> list[str]:
-    """Lines of a plain-text table: numbers right-aligned, the last (text) column left-aligned."""
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    return [_row(head, widths), _row(tuple("-" * w for w in widths), widths)] + [_row(row, widths) for row in rows]
-
-
-def target_labels(targets: list[dict], key, label) -> dict:
-    """{key(target): ["<label> PASS|FAIL", ...]} for a table's target column."""
-    found = {}
-    for t in targets:
-        found.setdefault(key(t), []).append(f"{label(t)} {'PASS' if t['pass'] else 'FAIL'}")
-    return found
-
-
-def _ms(seconds) -> str:
-    return "n/a" if seconds is None else f"{seconds * 1e3:.1f}"
-
-
 def format_table(report: dict) -> str:
     c = report["config"]
     lines = [
@@ -471,7 +319,7 @@ def format_table(report: dict) -> str:
     tput_targets = target_labels(by_table.get("throughput", []), lambda t: (t["n_local"], t["rate"]),
                                  lambda t: labels[t["name"]](t))
     results = report["results"]
-    rows = [(f"{r['n_local']:,}", f"{r['rate']:g}", f"{r['sampled']:,}", _ms(r["step_s"]), f"{r['ratio']:.2f}",
+    rows = [(f"{r['n_local']:,}", f"{r['rate']:g}", f"{r['sampled']:,}", ms(r["step_s"]), f"{r['ratio']:.2f}",
              f"{r['ratio_ceiling']:.1f}", f"{r['sampler_s'] * 1e3:.2f}", f"{r['sampler_share']:.2%}",
              "; ".join(step_targets.get((r["n_local"], r["rate"]), ["-"]))) for r in results]
     if rows:
@@ -479,16 +327,16 @@ def format_table(report: dict) -> str:
         lines += table(("N_local", "r", "S", "step ms", "ratio", "ceil", "sampler ms", "sampler %", "target"), rows)
 
         names = list(dict.fromkeys(p for r in results for p in r["phases_s"]))
-        rows = [(f"{r['n_local']:,}", f"{r['rate']:g}", _ms(r["phased_step_s"]),
-                 *(_ms(r["phases_s"].get(p)) for p in names), "") for r in results]
+        rows = [(f"{r['n_local']:,}", f"{r['rate']:g}", ms(r["phased_step_s"]),
+                 *(ms(r["phases_s"].get(p)) for p in names), "") for r in results]
         lines += ["", "phases of the phased step (ms; a wait at the end of each phase; they sum to the phased step):"]
         lines += table(("N_local", "r", "phased ms", *names, ""), rows)
 
-        rows = [(f"{r['n_local']:,}", f"{r['rate']:g}", _ms(r["matmul_phase_s"]),
+        rows = [(f"{r['n_local']:,}", f"{r['rate']:g}", ms(r["matmul_phase_s"]),
                  "n/a" if r["matmul_gflops"] is None else f"{r['matmul_gflops']:.1f}", f"{r['numpy_gflops']:.1f}",
                  f"{r['mxnet_dot_gflops']:.1f}",
                  "n/a" if r["matmul_share"] is None else f"{r['matmul_share']:.0%}", f"{r['gflops']:.1f}",
-                 _ms(r["bound_compute_s"]), _ms(r["bound_bandwidth_s"]), f"{r['of_bound']:.0%}",
+                 ms(r["bound_compute_s"]), ms(r["bound_bandwidth_s"]), f"{r['of_bound']:.0%}",
                  "; ".join(tput_targets.get((r["n_local"], r["rate"]), ["-"]))) for r in results]
         lines += ["", "throughput and lower bound:"]
         lines += table(("N_local", "r", "matmul ms", "GFLOP/s", "numpy GFLOP/s", "mxnet dot", "share", "step GFLOP/s",
@@ -507,6 +355,28 @@ def format_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _row(cells, widths) -> str:
-    """Numbers right-aligned; the last (text) column left-aligned."""
-    return "  ".join(x.rjust(w) for x, w in zip(cells[:-1], widths)) + "  " + cells[-1]
+
+
+DESCRIPTION = ("Time one step of the Partial FC operator (forward_backward + update) in one process at several "
+               "sample rates, with the sampler's share and the matmul GFLOP/s against numpy.")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--n-local", type=list_of(positive_int), default=list(DEFAULT_N_LOCAL), metavar="N[,N...]",
+                        help="classes on this rank (default: %(default)s; 1e7 runs when its bank fits in free "
+                             "memory)")
+    parser.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH, help="global batch B (default: %(default)s)")
+    add_dim(parser)
+    parser.add_argument("--rates", type=list_of(rate), default=list(DEFAULT_RATES), metavar="R[,R...]",
+                        help="sample rates in (0, 1]; ratios are taken against the largest (default: %(default)s)")
+    parser.add_argument("--repeat", type=positive_int, default=DEFAULT_REPEAT,
+                        help="timed steps per point, after one warm-up; the median is reported (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of labels, features, centers and sampler (default: %(default)s)")
+    add_bank_dtype(parser)
+
+
+def run(args) -> int:
+    benchmark(n_local=args.n_local, batch=args.batch, dim=args.dim, rates=args.rates, repeat=args.repeat,
+              bank_dtype=args.bank_dtype, seed=args.seed, as_json=args.json)
+    return 0

@@ -27,7 +27,8 @@ import subprocess
 import sys
 import time
 
-from . import fc
+from ..args import list_of, positive_int, rate
+from . import common, fc
 
 DEFAULT_N_LOCAL = (100_000, 1_000_000)
 DEFAULT_RATES = (0.1, 1.0)
@@ -41,12 +42,12 @@ TARGET_COMPACT = {"max_vs_float32": 0.55}
 
 def bank_dtype(text: str) -> str:
     """argparse type: a storage dtype name."""
-    if text not in fc.BANK_DTYPES:
-        raise argparse.ArgumentTypeError(f"unknown bank dtype {text!r} (known: {', '.join(fc.BANK_DTYPES)})")
+    if text not in common.BANK_DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown bank dtype {text!r} (known: {', '.join(common.BANK_DTYPES)})")
     return text
 
 
-def run(n_local=DEFAULT_N_LOCAL, rates=DEFAULT_RATES, dtypes=None, batch=fc.DEFAULT_BATCH, dim=fc.DEFAULT_DIM,
+def benchmark(n_local=DEFAULT_N_LOCAL, rates=DEFAULT_RATES, dtypes=None, batch=fc.DEFAULT_BATCH, dim=fc.DEFAULT_DIM,
         steps=DEFAULT_STEPS, *, seed=0, as_json=False, out=None, log=None) -> dict:
     """Run every point in a child process; print a table (or JSON) to `out`, progress to `log`.
 
@@ -58,7 +59,7 @@ def run(n_local=DEFAULT_N_LOCAL, rates=DEFAULT_RATES, dtypes=None, batch=fc.DEFA
     rates = [float(r) for r in rates]
     dtypes = list(dict.fromkeys(dtypes or DEFAULT_DTYPES))
     for d in dtypes:
-        fc.check_bank_dtype(d)
+        common.check_bank_dtype(d)
     if not n_local or min(n_local) < 1 or not rates or not all(0.0 < r <= 1.0 for r in rates):
         raise ValueError(f"bad points: n_local={n_local}, rates={rates}")
     if batch < 1 or dim < 1 or steps < 1:
@@ -71,9 +72,9 @@ def run(n_local=DEFAULT_N_LOCAL, rates=DEFAULT_RATES, dtypes=None, batch=fc.DEFA
     for n in n_local:
         for r in rates:
             for d in dtypes:
-                need, have = fc.step_bytes(n, dim, [r], batch, d), fc.available_memory()
+                need, have = fc.step_bytes(n, dim, [r], batch, d), common.available_memory()
                 if have is not None and need > have:
-                    skipped.append({**fc.skip_record(n, [r], need, have, log), "rate": r, "dtype": d})
+                    skipped.append({**common.skip_record(n, [r], need, have, log), "rate": r, "dtype": d})
                     continue
                 print(f"bench memory: N_local={n} r={r:g} {d} ...", file=log, flush=True)
                 got = _child({"mode": "point", "n_local": n, "rate": r, "dtype": d, "batch": batch, "dim": dim,
@@ -90,7 +91,7 @@ def run(n_local=DEFAULT_N_LOCAL, rates=DEFAULT_RATES, dtypes=None, batch=fc.DEFA
         row["vs_float32"] = row["peak_bytes"] / ref["peak_bytes"] if ref else None
     report = {
         "benchmark": "memory",
-        "machine": fc.machine_info(),
+        "machine": common.machine_info(),
         "config": {"n_local": n_local, "rates": rates, "dtypes": dtypes, "batch": batch, "dim": dim,
                    "steps": steps, "seed": seed, "storage": "device", "world_size": 1,
                    "ratio_counts_baseline": True},
@@ -100,7 +101,7 @@ def run(n_local=DEFAULT_N_LOCAL, rates=DEFAULT_RATES, dtypes=None, batch=fc.DEFA
         "targets": _targets(rows),
         "wall_s": time.perf_counter() - t_start,
     }
-    fc.emit(report, format_table, as_json, out)
+    common.emit(report, format_table, as_json, out)
     return report
 
 
@@ -109,7 +110,7 @@ def _child(spec: dict) -> dict:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     if done.returncode != 0:
         detail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise fc.BenchError(f"memory child {spec} failed: {detail}")
+        raise common.BenchError(f"memory child {spec} failed: {detail}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -166,7 +167,7 @@ def _child_main(spec: dict) -> dict:
 
 
 def _gib(x) -> str:
-    return "n/a" if x is None else f"{x / fc.GIB:.3f}"
+    return "n/a" if x is None else f"{x / common.GIB:.3f}"
 
 
 def format_table(report: dict) -> str:
@@ -174,7 +175,7 @@ def format_table(report: dict) -> str:
     lines = [
         f"partial-fc bench memory: peak RSS of one rank (child process per point: bank created, momentum "
         f"written, {c['steps']} FC steps), B={c['batch']} D={c['dim']}, {c['storage']} storage",
-        *fc.machine_lines(report["machine"]),
+        *common.machine_lines(report["machine"]),
         f"baseline (a process that imported mxnet and the operator): {_gib(base['peak_bytes'])} GiB",
         "",
     ]
@@ -188,7 +189,7 @@ def format_table(report: dict) -> str:
              _gib(r["steps_peak_bytes"]), "-" if r["vs_float32"] is None else f"{r['vs_float32']:.3f}",
              verdicts.get((r["n_local"], r["rate"], r["dtype"]), "-")) for r in report["results"]]
     if rows:
-        lines += fc.table(head, rows)
+        lines += common.table(head, rows)
     lines += [f"N_local={s['n_local']:,} r={s['rate']:g} {s['dtype']}: {s['message']}" for s in report["skipped"]]
     lines += [
         "",
@@ -218,5 +219,30 @@ def _targets(rows: list[dict]) -> list[dict]:
     return out
 
 
-if __name__ == "__main__":
+DESCRIPTION = ("For each (N_local, r, bank dtype) a child process creates the bank, touches the momentum, runs a "
+               "few FC steps and reports its peak resident memory, against the analytic size of centers + "
+               "momentum and the resident memory of a process that only imported mxnet.")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--n-local", type=list_of(positive_int), default=list(DEFAULT_N_LOCAL), metavar="N[,N...]",
+                        help="classes on this rank (default: %(default)s)")
+    parser.add_argument("--rates", type=list_of(rate), default=list(DEFAULT_RATES), metavar="R[,R...]",
+                        help="sample rates (default: %(default)s)")
+    parser.add_argument("--dtypes", type=list_of(bank_dtype), default=list(DEFAULT_DTYPES), metavar="DTYPE[,DTYPE...]",
+                        help="bank storage dtypes (default: %(default)s)")
+    parser.add_argument("--batch", type=positive_int, default=fc.DEFAULT_BATCH,
+                        help="global batch B (default: %(default)s)")
+    common.add_dim(parser)
+    parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS,
+                        help="FC steps each child runs (default: %(default)s)")
+
+
+def run(args) -> int:
+    benchmark(n_local=args.n_local, rates=args.rates, dtypes=args.dtypes, batch=args.batch, dim=args.dim,
+              steps=args.steps, as_json=args.json)
+    return 0
+
+
+if __name__ == "__main__":  # a measuring child (see _child)
     print(json.dumps(_child_main(json.loads(sys.argv[1]))))

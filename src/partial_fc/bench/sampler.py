@@ -31,7 +31,8 @@ from ..dist import LocalComm
 from ..head.margin import Margin
 from ..head.operator import PartialFC
 from ..head.sampler import CenterSampler
-from . import fc
+from ..args import list_of, positive_int, rate
+from . import common, fc
 
 DEFAULT_N_LOCAL = (100_000, 1_000_000, 10_000_000)
 DEFAULT_RATE = 0.1
@@ -39,7 +40,7 @@ DEFAULT_REPEAT = 20
 TARGET = {"n_local": 10_000_000, "rate": 0.1, "max_share": 0.02}
 
 
-def run(n_local=DEFAULT_N_LOCAL, rate=DEFAULT_RATE, batch=fc.DEFAULT_BATCH, dim=fc.DEFAULT_DIM,
+def benchmark(n_local=DEFAULT_N_LOCAL, rate=DEFAULT_RATE, batch=fc.DEFAULT_BATCH, dim=fc.DEFAULT_DIM,
         repeat=DEFAULT_REPEAT, step_repeat=fc.DEFAULT_REPEAT, *, step=True, bank_dtype="float32", seed=0,
         as_json=False, out=None, log=None) -> dict:
     """Run the benchmark, print a table (or JSON) to `out`, progress to `log`; returns the report dict.
@@ -55,7 +56,7 @@ def run(n_local=DEFAULT_N_LOCAL, rate=DEFAULT_RATE, batch=fc.DEFAULT_BATCH, dim=
         raise ValueError(f"sample rate must be in (0, 1], got {rate}")
     if batch < 1 or dim < 1 or repeat < 1 or step_repeat < 1:
         raise ValueError("batch, dim, repeat and step_repeat must be >= 1")
-    fc.check_bank_dtype(bank_dtype)
+    common.check_bank_dtype(bank_dtype)
 
     t_start = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -63,7 +64,7 @@ def run(n_local=DEFAULT_N_LOCAL, rate=DEFAULT_RATE, batch=fc.DEFAULT_BATCH, dim=
     for n in n_local:
         labels = rng.integers(0, n, size=batch, dtype=np.int64)
         sampler = CenterSampler(0, n, n, rate, seed=seed)
-        sampler_s = fc.median_time(lambda step: sampler.sample(labels, step), repeat)
+        sampler_s = common.median_time(lambda step: sampler.sample(labels, step), repeat)
         sampled = int(sampler.sample(labels, 0).index.size)
         del sampler
         print(f"bench sampler: N_local={n}: sampler {sampler_s * 1e3:.2f} ms per step", file=log, flush=True)
@@ -71,9 +72,9 @@ def run(n_local=DEFAULT_N_LOCAL, rate=DEFAULT_RATE, batch=fc.DEFAULT_BATCH, dim=
                "step_s": None, "share": None, "share_bound": None, "step_note": "not measured (--no-step)"}
         if step:
             need = fc.step_bytes(n, dim, [rate], batch, bank_dtype)
-            have = fc.available_memory()
+            have = common.available_memory()
             if have is not None and need > have:
-                row["step_note"] = fc.skip_record(n, [rate], need, have, log)["message"]
+                row["step_note"] = common.skip_record(n, [rate], need, have, log)["message"]
                 need_bound = fc.step_bytes(sampled, dim, [1.0], batch, bank_dtype)
                 if sampled < n and (have is None or need_bound <= have):
                     bound_s = _step_time(sampled, 1.0, batch, dim, step_repeat, seed, bank_dtype,
@@ -88,7 +89,7 @@ def run(n_local=DEFAULT_N_LOCAL, rate=DEFAULT_RATE, batch=fc.DEFAULT_BATCH, dim=
         rows.append(row)
     report = {
         "benchmark": "sampler",
-        "machine": fc.machine_info(),
+        "machine": common.machine_info(),
         "config": {"n_local": n_local, "rate": rate, "batch": batch, "dim": dim, "repeat": repeat,
                    "step_repeat": step_repeat, "step": step, "bank_dtype": bank_dtype, "seed": seed,
                    "world_size": 1},
@@ -96,7 +97,7 @@ def run(n_local=DEFAULT_N_LOCAL, rate=DEFAULT_RATE, batch=fc.DEFAULT_BATCH, dim=
         "targets": _targets(rows),
         "wall_s": time.perf_counter() - t_start,
     }
-    fc.emit(report, format_table, as_json, out)
+    common.emit(report, format_table, as_json, out)
     return report
 
 
@@ -130,7 +131,7 @@ def format_table(report: dict) -> str:
         f"partial-fc bench sampler: sampler.sample per step at r={c['rate']:g}, world size 1, B={c['batch']}, "
         f"median of {c['repeat']} calls (FC step: D={c['dim']}, bank {c['bank_dtype']}, median of "
         f"{c['step_repeat']} after 1 warm-up)",
-        *fc.machine_lines(report["machine"]),
+        *common.machine_lines(report["machine"]),
         "",
     ]
     targets = {}
@@ -144,8 +145,36 @@ def format_table(report: dict) -> str:
              f"{r['share']:.2%}" if r["share"] is not None else
              (f"<= {r['share_bound']:.2%}" if r.get("share_bound") is not None else "n/a"),
              targets.get(r["n_local"], "-"), r["step_note"]) for r in report["results"]]
-    lines += fc.table(("N_local", "S", "sampler ms", "step ms", "share", "target", "step"), rows)
+    lines += common.table(("N_local", "S", "sampler ms", "step ms", "share", "target", "step"), rows)
     lines += ["", "share = sampler ms / FC step ms at the same N_local and rate; where that step does not fit, "
               "'<= x' bounds it by the r=1 step at N_local = S (the same sampled rows, less work).",
               f"wall time {report['wall_s']:.1f} s"]
     return "\n".join(lines) + "\n"
+
+
+DESCRIPTION = ("Milliseconds per step of the center sampler at N_local 1e5 .. 1e7 and its share of the FC step at "
+               "the same rate (the step is measured where its bank fits in free memory, else n/a).")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--n-local", type=list_of(positive_int), default=list(DEFAULT_N_LOCAL), metavar="N[,N...]",
+                        help="classes on this rank (default: %(default)s)")
+    parser.add_argument("--rate", type=rate, default=DEFAULT_RATE, help="sample rate (default: %(default)s)")
+    parser.add_argument("--batch", type=positive_int, default=fc.DEFAULT_BATCH,
+                        help="global batch B (default: %(default)s)")
+    common.add_dim(parser)
+    parser.add_argument("--repeat", type=positive_int, default=DEFAULT_REPEAT,
+                        help="timed sampler calls per point, after one warm-up (default: %(default)s)")
+    parser.add_argument("--step-repeat", type=positive_int, default=fc.DEFAULT_REPEAT,
+                        help="timed FC steps per point (default: %(default)s)")
+    parser.add_argument("--no-step", dest="step", action="store_false", help="time the sampler only")
+    common.add_bank_dtype(parser, "the FC step's bank")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of labels, features, centers and sampler (default: %(default)s)")
+
+
+def run(args) -> int:
+    benchmark(n_local=args.n_local, rate=args.rate, batch=args.batch, dim=args.dim, repeat=args.repeat,
+              step_repeat=args.step_repeat, step=args.step, bank_dtype=args.bank_dtype, seed=args.seed,
+              as_json=args.json)
+    return 0

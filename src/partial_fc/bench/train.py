@@ -50,10 +50,10 @@ import time
 
 import numpy as np
 
+from ..args import list_of, positive_int, rate
 from ..head.sampler import num_sampled
 from ..head.sharding import shard_range
-from . import fc
-from .fc import BenchError
+from . import common, fc
 
 DEFAULT_CLASSES = (100_000, 1_000_000)
 DEFAULT_RATES = (1.0, 0.1)
@@ -65,12 +65,12 @@ DEFAULT_BATCH = 16
 DEFAULT_DIM = 512
 DEFAULT_NETWORK = "mbf"
 DEFAULT_WARMUP, DEFAULT_STEPS = 2, 5
-BACKBONE_BYTES, BACKBONE_BYTES_PER_IMAGE = int(0.26 * fc.GIB), int(0.13 * fc.GIB)  # mbf on CPU, see above
+BACKBONE_BYTES, BACKBONE_BYTES_PER_IMAGE = int(0.26 * common.GIB), int(0.13 * common.GIB)  # mbf on CPU, see above
 
 DEFAULT_IO_BATCH, DEFAULT_IO_THREADS, DEFAULT_IO_BATCHES, DEFAULT_IO_REPEAT = 64, (1, 2), 50, 5
 
 
-def run(classes=DEFAULT_CLASSES, rates=DEFAULT_RATES, workers=DEFAULT_WORKERS, batch=DEFAULT_BATCH,
+def benchmark(classes=DEFAULT_CLASSES, rates=DEFAULT_RATES, workers=DEFAULT_WORKERS, batch=DEFAULT_BATCH,
         dim=DEFAULT_DIM, network=DEFAULT_NETWORK, warmup=DEFAULT_WARMUP, steps=DEFAULT_STEPS, *,
         omp_threads=None, bank_dtype="float32", seed=0, as_json=False, out=None, log=None, workdir=None) -> dict:
     """Run the training benchmark; print a table (or JSON) to `out`, progress to `log`; return the report.
@@ -84,12 +84,12 @@ def run(classes=DEFAULT_CLASSES, rates=DEFAULT_RATES, workers=DEFAULT_WORKERS, b
     classes = [int(n) for n in classes]
     rates = sorted({float(r) for r in rates}, reverse=True)
     if not classes or min(classes) < 1 or not rates or not all(0.0 < r <= 1.0 for r in rates):
-        raise BenchError(f"need class counts >= 1 and sample rates in (0, 1], got {classes} and {rates}")
+        raise common.BenchError(f"need class counts >= 1 and sample rates in (0, 1], got {classes} and {rates}")
     if min(workers, batch, dim, steps) < 1 or warmup < 0:
-        raise BenchError("workers, batch, dim and steps must be >= 1 and warmup >= 0")
+        raise common.BenchError("workers, batch, dim and steps must be >= 1 and warmup >= 0")
     if min(classes) < workers:
-        raise BenchError(f"{min(classes)} classes cannot be split over {workers} workers")
-    fc.check_bank_dtype(bank_dtype)
+        raise common.BenchError(f"{min(classes)} classes cannot be split over {workers} workers")
+    common.check_bank_dtype(bank_dtype)
     cores = os.cpu_count() or 1
     omp_threads = omp_threads or max(1, cores // workers)
     threads = {"OMP_NUM_THREADS": str(omp_threads), "MXNET_CPU_WORKER_NTHREADS": "1"}
@@ -105,9 +105,9 @@ def run(classes=DEFAULT_CLASSES, rates=DEFAULT_RATES, workers=DEFAULT_WORKERS, b
             for r in rates:
                 need = workers * (fc.step_bytes(count, dim, [r], batch * workers, bank_dtype) + BACKBONE_BYTES
                                   + BACKBONE_BYTES_PER_IMAGE * batch)
-                have = fc.available_memory()
+                have = common.available_memory()
                 if have is not None and need > have:
-                    record = fc.skip_record(count, [r], need, have, log)
+                    record = common.skip_record(count, [r], need, have, log)
                     skipped.append({**record, "classes": n})
                     continue
                 settings = _settings(n, r, batch, dim, network, warmup + steps, seed, workers, bank_dtype,
@@ -119,7 +119,7 @@ def run(classes=DEFAULT_CLASSES, rates=DEFAULT_RATES, workers=DEFAULT_WORKERS, b
     _compare(results)
     report = {
         "benchmark": "train",
-        "machine": fc.machine_info(),
+        "machine": common.machine_info(),
         "config": {"classes": classes, "rates": rates, "workers": workers, "batch": batch,
                    "global_batch": batch * workers, "dim": dim, "network": network, "bank_dtype": bank_dtype,
                    "warmup": warmup,
@@ -129,7 +129,7 @@ def run(classes=DEFAULT_CLASSES, rates=DEFAULT_RATES, workers=DEFAULT_WORKERS, b
         "skipped": skipped,
         "wall_s": time.perf_counter() - t_start,
     }
-    fc.emit(report, format_table, as_json, out)
+    common.emit(report, format_table, as_json, out)
     return report
 
 
@@ -138,7 +138,7 @@ def _executable(name: str) -> str:
     here = os.path.join(os.path.dirname(sys.executable), name)
     found = here if os.access(here, os.X_OK) else shutil.which(name)
     if not found:
-        raise BenchError(f"{name}: not found next to {sys.executable} nor on PATH (install the project first)")
+        raise common.BenchError(f"{name}: not found next to {sys.executable} nor on PATH (install the project first)")
     return found
 
 
@@ -184,7 +184,7 @@ def _run_point(launcher, trainer, settings, threads, n, r, workers, batch, warmu
         rc = proc.wait()
     wall = time.perf_counter() - t0
     if rc != 0:
-        raise BenchError(f"{where}: the trainer exited with status {rc}: {_last_error(tail)}")
+        raise common.BenchError(f"{where}: the trainer exited with status {rc}: {_last_error(tail)}")
     steps_s, fc_s = _timed_steps(os.path.join(output, "metrics.jsonl"), batch * workers, warmup, steps, where)
     step_s, head_s = statistics.median(steps_s), statistics.median(fc_s)
     return {
@@ -212,10 +212,10 @@ def _timed_steps(path, global_batch, warmup, steps, where) -> tuple[list[float],
         with open(path) as f:
             records = [json.loads(line) for line in f if line.strip()]
     except (OSError, ValueError) as e:
-        raise BenchError(f"{path}: the trainer's metrics cannot be read ({e})") from None
+        raise common.BenchError(f"{path}: the trainer's metrics cannot be read ({e})") from None
     timed = [rec for rec in records if warmup < rec.get("step", 0) <= warmup + steps and "samples_per_s" in rec]
     if len(timed) != steps or any("fc_s" not in rec for rec in timed):
-        raise BenchError(f"{where}: {path} holds {len(timed)} of the {steps} timed steps with fc_s")
+        raise common.BenchError(f"{where}: {path} holds {len(timed)} of the {steps} timed steps with fc_s")
     # With PFC_FREQUENT=1 the reporter's window is one step: samples_per_s = global batch / step seconds.
     return [global_batch / rec["samples_per_s"] for rec in timed], [float(rec["fc_s"]) for rec in timed]
 
@@ -236,7 +236,7 @@ def format_table(report: dict) -> str:
         f"partial-fc bench train: the trainer end to end, {c['network']} D={c['dim']}, {c['workers']} worker(s) "
         f"x batch {c['batch']} (global {c['global_batch']}), bank {c['bank_dtype']}, synthetic images; "
         f"median of {c['steps']} steps after {c['warmup']} warm-up",
-        *fc.machine_lines(report["machine"]),
+        *common.machine_lines(report["machine"]),
         f"workers: launcher {c['launcher']}; "
         + " ".join(f"{k}={v}" for k, v in c["worker_threads"].items()),
         "",
@@ -247,7 +247,7 @@ def format_table(report: dict) -> str:
             for r in report["results"]]
     if rows:
         ref = report["results"][0]["ref_rate"]
-        lines += fc.table(("N", "N_local", "r", "S", "step ms", "samples/s", f"vs r={ref:g}", "FC ms", "FC %",
+        lines += common.table(("N", "N_local", "r", "S", "step ms", "samples/s", f"vs r={ref:g}", "FC ms", "FC %",
                            "FC ratio", "rest ms", ""), rows)
     lines += [f"N={s['classes']:,} r={s['rates'][0]:g}: {s['message']}" for s in report["skipped"]]
     lines += [
@@ -262,7 +262,7 @@ def format_table(report: dict) -> str:
 
 # ---- the reader against mx.io.ImageRecordIter ------------------------------------------------------------
 
-def run_io(data_dir=None, batch=DEFAULT_IO_BATCH, threads=DEFAULT_IO_THREADS, batches=DEFAULT_IO_BATCHES,
+def benchmark_io(data_dir=None, batch=DEFAULT_IO_BATCH, threads=DEFAULT_IO_THREADS, batches=DEFAULT_IO_BATCHES,
            repeat=DEFAULT_IO_REPEAT, *, seed=0, as_json=False, out=None, log=None, workdir=None) -> dict:
     """Images/s of data.FaceIter and of mx.io.ImageRecordIter on the same images, with and without flips.
 
@@ -274,7 +274,7 @@ def run_io(data_dir=None, batch=DEFAULT_IO_BATCH, threads=DEFAULT_IO_THREADS, ba
     out, log = out or sys.stdout, log or sys.stderr
     threads = sorted({int(t) for t in ([threads] if isinstance(threads, int) else threads)})
     if min(batch, batches, repeat) < 1 or not threads or threads[0] < 1:
-        raise BenchError("batch, threads, batches and repeat must be >= 1")
+        raise common.BenchError("batch, threads, batches and repeat must be >= 1")
     images = (batches + 1) * batch
     t_start = time.perf_counter()
     base = tempfile.mkdtemp(prefix="pfc-bench-io-", dir=workdir)
@@ -289,7 +289,7 @@ def run_io(data_dir=None, batch=DEFAULT_IO_BATCH, threads=DEFAULT_IO_THREADS, ba
                                 val_pairs=2, seed=seed, progress=log)
         with data.open_rec(source) as ds:
             if len(ds) < images:
-                raise BenchError(f"{ds.rec_path}: {len(ds)} images, fewer than the {images} = (batches + 1) x "
+                raise common.BenchError(f"{ds.rec_path}: {len(ds)} images, fewer than the {images} = (batches + 1) x "
                                  f"batch the comparison reads; lower --batches or --batch")
             copy = copy_images(ds, images, os.path.join(base, "images"))
             layout, source_rec = ds.layout, ds.rec_path
@@ -303,7 +303,7 @@ def run_io(data_dir=None, batch=DEFAULT_IO_BATCH, threads=DEFAULT_IO_THREADS, ba
                          time_image_record_iter(copy, batch, t, batches + 1, flip, seed + k)) for k in range(repeat)]
                 ours, theirs = _median_run([a for a, _ in runs]), _median_run([b for _, b in runs])
                 if (ours["shape"], ours["dtype"]) != (theirs["shape"], theirs["dtype"]):
-                    raise BenchError(f"the readers disagree on the batch: ours {ours['shape']} {ours['dtype']}, "
+                    raise common.BenchError(f"the readers disagree on the batch: ours {ours['shape']} {ours['dtype']}, "
                                      f"ImageRecordIter {theirs['shape']} {theirs['dtype']}")
                 rows.append({"flip": flip, "reader": ours, "image_record_iter": theirs,
                              "equal_threads": ours["threads"] == theirs["threads"],
@@ -312,7 +312,7 @@ def run_io(data_dir=None, batch=DEFAULT_IO_BATCH, threads=DEFAULT_IO_THREADS, ba
         shutil.rmtree(base, ignore_errors=True)
     report = {
         "benchmark": "train --test-io",
-        "machine": fc.machine_info(),
+        "machine": common.machine_info(),
         "config": {"data": data_dir or "synthetic (partial-fc synth)", "source_rec_layout": layout,
                    "source_rec": source_rec if data_dir else None, "images": images, "batch": batch,
                    "batches": batches + 1, "threads": threads, "repeat": repeat, "seed": seed,
@@ -321,7 +321,7 @@ def run_io(data_dir=None, batch=DEFAULT_IO_BATCH, threads=DEFAULT_IO_THREADS, ba
         "results": rows,
         "wall_s": time.perf_counter() - t_start,
     }
-    fc.emit(report, format_io_table, as_json, out)
+    common.emit(report, format_io_table, as_json, out)
     return report
 
 
@@ -406,14 +406,14 @@ def format_io_table(report: dict) -> str:
         f"partial-fc bench train --test-io: decode throughput on {c['images']} images ({c['batches']} batches "
         f"of {c['batch']}, {shape} float32) from {c['data']} (copied to an im2rec-layout rec that both read); "
         f"prefetch 2 x threads (at least 2) for both; median of {c['repeat']} alternating runs",
-        *fc.machine_lines(report["machine"]),
+        *common.machine_lines(report["machine"]),
         "",
     ]
     rows = [("yes" if r["flip"] else "no", str(r["reader"]["threads"]), f"{r['reader']['images_per_s']:.0f}",
              str(r["image_record_iter"]["threads"]), f"{r['image_record_iter']['images_per_s']:.0f}",
              f"{r['ratio']:.2f}", "" if r["equal_threads"] else "unequal threads")
             for r in report["results"]]
-    lines += fc.table(("flip", "threads", "ours img/s", "IRI threads", "ImageRecordIter img/s", "ratio", "note"),
+    lines += common.table(("flip", "threads", "ours img/s", "IRI threads", "ImageRecordIter img/s", "ratio", "note"),
                       rows)
     lines += [
         "",
@@ -426,3 +426,51 @@ def format_io_table(report: dict) -> str:
         f"wall time {report['wall_s']:.1f} s",
     ]
     return "\n".join(lines) + "\n"
+
+
+DESCRIPTION = ("Launch the trainer (horovodrun -np W --gloo, or one process at W = 1) on synthetic images for each "
+               "class count and sample rate and report samples/s, the FC head's share of the step and the ratio "
+               "to the largest rate. Run it as a plain command, not under a launcher. With --test-io: images/s "
+               "of our reader against mx.io.ImageRecordIter on the same images, with and without flips.")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--classes", type=list_of(positive_int), default=list(DEFAULT_CLASSES), metavar="N[,N...]",
+                        help="total class counts (default: %(default)s)")
+    parser.add_argument("--rates", type=list_of(rate), default=list(DEFAULT_RATES), metavar="R[,R...]",
+                        help="sample rates; ratios are taken against the largest (default: %(default)s)")
+    parser.add_argument("--workers", type=positive_int, default=DEFAULT_WORKERS,
+                        help="worker processes; 1 runs without a launcher (default: %(default)s)")
+    parser.add_argument("--batch", type=positive_int, default=None,
+                        help=f"images per worker (default: {DEFAULT_BATCH}; --test-io: images per batch, "
+                             f"{DEFAULT_IO_BATCH})")
+    parser.add_argument("--dim", type=positive_int, default=DEFAULT_DIM, help="embedding size D (default: %(default)s)")
+    parser.add_argument("--network", default=DEFAULT_NETWORK, help="backbone (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="steps not timed (default: %(default)s)")
+    parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS,
+                        help="timed steps per point; the median is reported (default: %(default)s)")
+    parser.add_argument("--omp-threads", type=positive_int, default=None,
+                        help="OMP_NUM_THREADS of each worker (default: cores // workers)")
+    common.add_bank_dtype(parser)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the runs and of --test-io's synthetic images (default: %(default)s)")
+    parser.add_argument("--test-io", action="store_true", help="compare the readers instead of training")
+    parser.add_argument("--data-dir", default=None,
+                        help="--test-io: dataset folder or .rec (default: a small synthetic one in a temporary folder)")
+    parser.add_argument("--threads", type=list_of(positive_int), default=list(DEFAULT_IO_THREADS), metavar="T[,T...]",
+                        help="--test-io: decode thread counts of both readers (default: %(default)s)")
+    parser.add_argument("--batches", type=positive_int, default=DEFAULT_IO_BATCHES,
+                        help="--test-io: batches after the first (default: %(default)s)")
+    parser.add_argument("--repeat", type=positive_int, default=DEFAULT_IO_REPEAT,
+                        help="--test-io: runs of each reader; the median is reported (default: %(default)s)")
+
+
+def run(args) -> int:
+    if args.test_io:
+        benchmark_io(args.data_dir, batch=args.batch or DEFAULT_IO_BATCH, threads=args.threads,
+                     batches=args.batches, repeat=args.repeat, seed=args.seed, as_json=args.json)
+    else:
+        benchmark(args.classes, args.rates, workers=args.workers, batch=args.batch or DEFAULT_BATCH, dim=args.dim,
+                  network=args.network, warmup=args.warmup, steps=args.steps, omp_threads=args.omp_threads,
+                  bank_dtype=args.bank_dtype, seed=args.seed, as_json=args.json)
+    return 0
