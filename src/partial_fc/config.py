@@ -1,6 +1,6 @@
-"""The configuration: one typed reader of PFC_* environment variables (DESIGN §4, STYLE §3).
+"""The configuration: one typed reader of PFC_* environment variables (docs/design.md §4).
 
-Defaults live in the Config dataclass below, next to the reason for each; dataset presets are a table.
+Defaults live in the Config dataclass below, next to the reason for each; dataset and loss presets are tables.
 Unknown PFC_* keys and malformed values are errors that name the key, never silently ignored.
 This is the only module that reads os.environ.
 """
@@ -36,6 +36,14 @@ DATASETS: dict[str, dict] = {
     "synthetic_20m": {"num_classes": 20_000_000},
     "synthetic_30m": {"num_classes": 30_000_000},
     "synthetic_100m": {"num_classes": 100_000_000},
+}
+
+# Margin presets users pick with PFC_LOSS: (m1, m2, m3) of z_y = s * (cos(m1 * theta + m2) - m3) (head/margin.py).
+LOSSES: dict[str, tuple[float, float, float]] = {
+    "arcface": (1.0, 0.5, 0.0),     # ArcFace, arXiv 1801.07698
+    "cosface": (1.0, 0.0, 0.4),     # CosFace, arXiv 1801.09414
+    "combined": (1.0, 0.3, 0.2),
+    "softmax": (1.0, 0.0, 0.0),
 }
 
 
@@ -105,10 +113,9 @@ class Config:
         # PFC_NUM_CLASSES is given, which must then agree with it.
         if self.num_classes == 0 and not self.data_dir:
             self.num_classes = DATASETS[self.dataset]["num_classes"]
-        from .head.margin import PRESETS as MARGIN_PRESETS  # here, not at import: importing config must not load MXNet
-        if self.loss not in MARGIN_PRESETS:
-            raise ConfigError(f"PFC_LOSS={self.loss!r} is not a known loss (known: {', '.join(MARGIN_PRESETS)})")
-        preset = MARGIN_PRESETS[self.loss]
+        if self.loss not in LOSSES:
+            raise ConfigError(f"PFC_LOSS={self.loss!r} is not a known loss (known: {', '.join(LOSSES)})")
+        preset = LOSSES[self.loss]
         self.margins = tuple(p if v < 0 else v for p, v in zip(preset, (self.margin_m1, self.margin_m2, self.margin_m3)))
         checks = [
             (self.num_classes >= 1 or (self.data_dir and self.num_classes == 0), "PFC_NUM_CLASSES", "must be >= 1"),

@@ -1,4 +1,4 @@
-"""The distributed Partial FC step equals a dense, single-process margin softmax (DESIGN §5).
+"""The distributed Partial FC step equals a dense, single-process margin softmax (docs/design.md §5).
 
 Every rank draws the same full problem (features of all N rows, labels, all C centers and momentum),
 runs the operator on its own batch rows and class shard, and compares loss, feature gradients, sampled
@@ -8,7 +8,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from partial_fc.head.margin import PRESETS, Margin
+from partial_fc.config import LOSSES
+from partial_fc.head.margin import Margin
 from partial_fc.head.memory_bank import MemoryBank
 from partial_fc.head.precision import from_float32, to_float32
 from partial_fc.head.operator import PartialFC
@@ -60,7 +61,7 @@ def assert_matches_dense(out, grad, F, Y, Wc, rate, margins, scale, rows, start,
 def test_step_equals_dense_reference(comm, loss, rate, storage, scale):
     W_, k = comm.size, comm.rank
     F, Y, Wc, mom = problem(W_)
-    margins = PRESETS[loss]
+    margins = LOSSES[loss]
     start, count = shard_range(C, W_, k)
     bank = MemoryBank(Wc[start:start + count], mom[start:start + count], storage=storage, momentum=MU, wd=WD)
     op = PartialFC(comm, C, D, Margin(scale, *margins), rate, bank=bank, seed=SEED)
@@ -103,13 +104,13 @@ def test_mean_loss_scaling_is_independent_of_world_size(comm):
     """The loss reported on every rank is the mean over the global batch, the same number on all ranks."""
     F, Y, Wc, _ = problem(comm.size)
     start, count = shard_range(C, comm.size, comm.rank)
-    op = PartialFC(comm, C, D, Margin(S_SCALE, *PRESETS["arcface"]), 1.0,
+    op = PartialFC(comm, C, D, Margin(S_SCALE, *LOSSES["arcface"]), 1.0,
                    bank=MemoryBank(Wc[start:start + count]), seed=SEED)
     rows = slice(comm.rank * B, (comm.rank + 1) * B)
     out = op.forward_backward(mx.nd.array(F[rows]), Y[rows], STEP)
     losses = comm.allgather(mx.nd.array([out.loss], dtype="float64"), "test.losses").asnumpy()
     assert np.all(losses == losses[0])
-    assert_close(out.loss, dense(F, Y, Wc, np.arange(C), PRESETS["arcface"], S_SCALE).loss)
+    assert_close(out.loss, dense(F, Y, Wc, np.arange(C), LOSSES["arcface"], S_SCALE).loss)
 
 
 def test_label_outside_all_shards_fails_on_every_rank(comm):
@@ -127,7 +128,7 @@ def test_label_outside_all_shards_fails_on_every_rank(comm):
 def test_many_steps_keep_matching(comm):
     """Three consecutive steps at r = 0.3 (state carried in the bank) still equal the dense run."""
     F, Y, Wc, mom = problem(comm.size)
-    margins = PRESETS["arcface"]
+    margins = LOSSES["arcface"]
     start, count = shard_range(C, comm.size, comm.rank)
     bank = MemoryBank(Wc[start:start + count], mom[start:start + count], momentum=MU, wd=WD)
     op = PartialFC(comm, C, D, Margin(S_SCALE, *margins), 0.3, bank=bank, seed=SEED)
@@ -157,7 +158,7 @@ def test_chunked_step_with_each_bank_dtype_equals_dense_reference(comm, dtype, r
     W_, k = comm.size, comm.rank
     F, Y, Wc, mom = problem(W_)
     Wc, mom = to_float32(from_float32(Wc, dtype), dtype), to_float32(from_float32(mom, dtype), dtype)
-    margins = PRESETS["arcface"]
+    margins = LOSSES["arcface"]
     start, count = shard_range(C, W_, k)
     bank = MemoryBank(Wc[start:start + count], mom[start:start + count], storage=storage, momentum=MU, wd=WD,
                       dtype=dtype)
@@ -198,7 +199,7 @@ def test_shards_without_any_target_still_match(comm, rate):
     F, _, Wc, mom = problem(W_)
     first, first_count = shard_range(C, W_, 0)
     Y = first + np.random.default_rng(5).integers(0, first_count, size=B * W_, dtype=np.int64)
-    margins = PRESETS["arcface"]
+    margins = LOSSES["arcface"]
     start, count = shard_range(C, W_, k)
     bank = MemoryBank(Wc[start:start + count], mom[start:start + count], momentum=MU, wd=WD)
     op = PartialFC(comm, C, D, Margin(4.0, *margins), rate, bank=bank, seed=SEED, chunk_rows=4)

@@ -3,9 +3,10 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from partial_fc.head.margin import COS_CLAMP, PRESETS, Margin, margin_backward, margin_logits
+from partial_fc.config import LOSSES
+from partial_fc.head.margin import COS_CLAMP, Margin, margin_backward, margin_logits
 
-MARGINS = {name: Margin(64.0, *m) for name, m in PRESETS.items()}
+MARGINS = {name: Margin(64.0, *m) for name, m in LOSSES.items()}
 
 
 @pytest.mark.parametrize("name", list(MARGINS))

@@ -16,7 +16,8 @@ import pytest
 
 from partial_fc.dist import LocalComm
 from partial_fc.head import native
-from partial_fc.head.margin import PRESETS, Margin
+from partial_fc.config import LOSSES
+from partial_fc.head.margin import Margin
 from partial_fc.head.memory_bank import MemoryBank
 from partial_fc.head.memory_plan import chunk_rows_for
 from partial_fc.head.operator import PartialFC
@@ -40,7 +41,7 @@ def run_step(rate, storage, dtype, chunk_rows, loss="arcface", scale=4.0):
     F, Y, Wc, mom = problem()
     bank = MemoryBank(Wc, mom, storage=storage, momentum=MU, wd=WD, dtype=dtype)
     w0, m0 = bank.numpy_float32()          # the centers as stored (rounded for compact dtypes)
-    op = PartialFC(LocalComm(), C, D, Margin(scale, *PRESETS[loss]), rate, bank=bank, seed=SEED,
+    op = PartialFC(LocalComm(), C, D, Margin(scale, *LOSSES[loss]), rate, bank=bank, seed=SEED,
                    chunk_rows=chunk_rows)
     out = op.forward_backward(mx.nd.array(F), Y, STEP)
     grad = out.center_grad.asnumpy()       # before update: a chunked step applies it chunk by chunk
@@ -61,7 +62,7 @@ def test_chunked_float32_step_equals_dense_reference(loss, rate, storage, row_up
     r = run_step(rate, storage, "float32", chunk_rows=7, loss=loss)
     out, idx = r["out"], r["out"].sample.index
     assert len(r["op"]._chunks(idx.size)) > 2
-    ref = dense(r["F"], r["Y"], r["w0"][idx], idx, PRESETS[loss], 4.0)
+    ref = dense(r["F"], r["Y"], r["w0"][idx], idx, LOSSES[loss], 4.0)
     assert_close(out.loss, ref.loss, what="loss")
     assert_close(out.feature_grad.asnumpy(), ref.dF, what="feature gradient")
     assert_close(r["grad"], ref.dW, what="center gradient")
@@ -102,7 +103,7 @@ def test_compact_bank_step_equals_reference_on_rounded_centers(dtype, rate, stor
     out, idx, bank = r["out"], r["out"].sample.index, r["bank"]
     # The centers really are stored rounded (else this test would compare float32 with float32).
     assert not np.array_equal(r["w0"], problem()[2])
-    ref = dense(r["F"], r["Y"], r["w0"][idx], idx, PRESETS["arcface"], 4.0)
+    ref = dense(r["F"], r["Y"], r["w0"][idx], idx, LOSSES["arcface"], 4.0)
     assert_close(out.loss, ref.loss, what="loss")
     assert_close(out.feature_grad.asnumpy(), ref.dF, what="feature gradient")
     assert_close(r["grad"], ref.dW, what="center gradient")
@@ -187,7 +188,7 @@ def test_two_outstanding_steps_do_not_share_buffers():
     F, Y, Wc, mom = problem()
 
     def op():
-        return PartialFC(LocalComm(), C, D, Margin(4.0, *PRESETS["arcface"]), 0.5,
+        return PartialFC(LocalComm(), C, D, Margin(4.0, *LOSSES["arcface"]), 0.5,
                          bank=MemoryBank(Wc, mom, momentum=MU, wd=WD), seed=SEED, chunk_rows=8)
 
     alone = op()

@@ -1,4 +1,4 @@
-"""Additive angular / cosine margins (ArcFace arXiv 1801.07698, CosFace arXiv 1801.09414, DESIGN §3 step 5).
+"""Additive angular / cosine margins (ArcFace arXiv 1801.07698, CosFace arXiv 1801.09414, docs/design.md §3 step 5).
 
 For a cosine c between a normalised feature and a normalised center:
     non-target logit  z   = s * c
@@ -88,12 +88,3 @@ def margin_backward(dz: mx.nd.NDArray, cache: MarginCache, margin: Margin,
     if dz_y is not None:
         set_entries(dcos, cache.targets, dz_y * cache.slope)
     return dcos
-
-
-# Named presets users pick with PFC_LOSS.
-PRESETS = {
-    "arcface": (1.0, 0.5, 0.0),
-    "cosface": (1.0, 0.0, 0.4),
-    "combined": (1.0, 0.3, 0.2),
-    "softmax": (1.0, 0.0, 0.0),
-}
