@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything Partial FC needs on a fresh Debian machine with Python 3.11:
-#   system packages (Open MPI), a virtual environment with the pinned stack of DESIGN §2,
+#   system packages (Open MPI), a virtual environment with the pinned stack of docs/design.md §2,
 #   Horovod 0.28.1 built from source with MXNet, Gloo and MPI, and this project (editable).
 #
 # Usage: bash scripts/install.sh [--cuda 112]     (--cuda picks mxnet-cu112 and Horovod with NCCL)

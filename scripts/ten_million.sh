@@ -6,7 +6,7 @@
 #     scripts/ten_million.sh 1000000       # the same run at N = 1 M (a check that takes a few minutes)
 #
 # Prints the global loss of every step (rank 0) and, at the end, each rank's peak resident memory (VmHWM)
-# next to the analytic size of its bank (memory_bank.bank_bytes). Writes no checkpoint (a 10 M-class one is
+# next to the analytic size of its bank (head/memory_plan.py, bank_bytes). Writes no checkpoint (a 10 M-class one is
 # 20 GB); any PFC_* set in the environment overrides the choices below, e.g. PFC_MAX_STEPS=20.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,8 +54,8 @@ echo "ten_million: N=$PFC_NUM_CLASSES D=$PFC_EMBEDDING_SIZE r=$PFC_SAMPLE_RATE b
 horovodrun -np 2 -H localhost:2 --gloo python -c '
 import os, re, sys
 from partial_fc import cli, config
-from partial_fc.memory_bank import bank_bytes
-from partial_fc.sharding import shard_range
+from partial_fc.head.memory_plan import bank_bytes
+from partial_fc.head.sharding import shard_range
 
 rc = cli.main(["train"])
 cfg = config.load()

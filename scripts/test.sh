@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything (scripts/install.sh: fast when nothing changed) and runs every test tier:
-#   1. pytest tests/            single-process tests, and the parallel tier at world size 1
+#   1. pytest tests/            tests/unit (fast, one process), tests/e2e (launches, the command line, failure
+#                               cases, the benchmarks' structure) and tests/parallel at world size 1
 #   2. the parallel tier under horovodrun -np 2 and -np 3 (Gloo; 3 gives uneven shards)
 #   3. the parallel tier under mpirun: Horovod over MPI at -np 2, the mpi4py transport at -np 2 and -np 3
 # Exits non-zero when any test fails, a rank hangs past its time limit, or a tier collects no test
@@ -34,7 +35,7 @@ tier() {
   esac
 }
 
-tier "single process" "${pytest[@]}" tests
+tier "unit, e2e, and parallel at world size 1" "${pytest[@]}" tests
 tier "horovodrun -np 2 (gloo)" horovodrun -np 2 -H localhost:2 --gloo "${pytest[@]}" tests/parallel --world-size 2
 tier "horovodrun -np 3 (gloo)" horovodrun -np 3 -H localhost:3 --gloo "${pytest[@]}" tests/parallel --world-size 3
 tier "mpirun -np 2 (horovod over MPI)" "${mpi[@]}" -np 2 "${pytest[@]}" tests/parallel --world-size 2

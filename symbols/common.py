@@ -9,7 +9,7 @@ Graph contract (the trainer, verification, IJB evaluation and ONNX export rely o
 Every layer is named explicitly (the names are the keys of the saved ``.params``), so building a network
 twice in one process gives the same graph; nothing here depends on MXNet's global name counters.
 
-ONNX export traps avoided here (DESIGN section 2): FullyConnected always carries an explicit ``flatten``;
+ONNX export traps avoided here (docs/design.md §2): FullyConnected always carries an explicit ``flatten``;
 BatchNorm never uses ``fix_gamma=True``. One is left to the exporter: MXNet's PReLU operator (the default
 ``prelu_impl``) stores its slope with shape (C,), which the operator requires, and ONNX needs (C, 1, 1).
 Both ``prelu_impl`` choices have the same parameters, so a checkpoint trained with either can be loaded

@@ -150,7 +150,7 @@ def _broadcast_by_sum(hvd, x, root, name):
 
 
 class BackboneSync:
-    """Keeps the data-parallel backbone identical on every rank (DESIGN §3 step 9).
+    """Keeps the data-parallel backbone identical on every rank (docs/design.md §3 step 9).
 
     Horovod carries it whatever PFC_COMM says about the FC's collectives: mpirun starts Horovod over MPI,
     horovodrun over Gloo or MPI. With transport "local" (one process, no launcher) it does nothing.

@@ -1,5 +1,5 @@
 """The Partial FC head: the classes split over the ranks, a sampled subset of each shard per step, and the
-margin softmax over all of them (docs/design.md, steps 1 and 3 to 8).
+margin softmax over all of them (docs/design.md §3 steps 1 and 3 to 8).
 
     sharding     which contiguous class range each rank owns
     sampler      the centers a rank uses in a step: every positive, plus uniformly drawn negatives

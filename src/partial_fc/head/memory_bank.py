@@ -1,4 +1,4 @@
-"""One rank's shard of class centers and their momentum (DESIGN §3 step 8).
+"""One rank's shard of class centers and their momentum (docs/design.md §3 step 8).
 
 Only the rows sampled in a step are read, updated and written back (sparse SGD with momentum and
 weight decay, the same update rule as MXNet's sgd_mom_update); rows not sampled keep both their weight

@@ -1,6 +1,6 @@
 """The sharded, sampled FC layer with margin softmax: Partial FC (An et al., arXiv 2010.05222).
 
-One step of the global batch of N = B * W rows (W workers), as named stages (docs/design.md, steps 3-8):
+One step of the global batch of N = B * W rows (W workers), as named stages (docs/design.md §3 steps 3-8):
 
     exchange          allgather features [N, D] and labels [N]
     sample            this shard's S centers: every positive, plus uniformly drawn negatives

@@ -1,4 +1,4 @@
-"""Class-center sampling for one rank's shard (DESIGN §3 step 4; Partial FC, arXiv 2010.05222 §3.2).
+"""Class-center sampling for one rank's shard (docs/design.md §3 step 4; Partial FC, arXiv 2010.05222 §3.2).
 
 Each step keeps every positive class of the global batch that lives on this shard, and fills up to
 max(int(r * count), #positives) rows with negatives drawn uniformly without replacement from the rest of

@@ -1,4 +1,4 @@
-"""Which contiguous range of class ids each rank owns (DESIGN §3 step 1).
+"""Which contiguous range of class ids each rank owns (docs/design.md §3 step 1).
 
 The split is exact: rank k owns C // W classes, plus one for the first C % W ranks, so the shards tile
 [0, C) with no padding classes. Everything that needs a class range (sampler, memory bank, checkpoints,
