@@ -414,8 +414,8 @@ def test_a_rank_that_hangs_at_start_up_is_stopped_after_the_slow_timeout(data, t
     returns, as when a peer never joins it) stops with the start-up phase named, not a hang."""
     hang = ("import sys, time\n"
             "from partial_fc import cli\n"
-            "from partial_fc.training import trainer as train\n"
-            "train._check_same_everywhere = lambda *args: time.sleep(600)\n"
+            "from partial_fc.training import startup\n"
+            "startup.check_same_everywhere = lambda *args: time.sleep(600)\n"
             "sys.exit(cli.main(['train']))\n")
     env = _env(PFC_DATA_DIR=data / "ok", PFC_OUTPUT=tmp_path / "out", PFC_MAX_STEPS=2, PFC_SLOW_TIMEOUT=3)
     p = _train(env, cmd=[sys.executable, "-c", hang], timeout=120)

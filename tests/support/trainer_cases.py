@@ -8,7 +8,7 @@ TINY = dict(dataset="synthetic", num_classes=37, network="mbf", embedding_size=1
 
 def run(output, max_steps, **overrides):
     cfg = config.load({}, **dict(TINY, output=str(output), max_steps=max_steps, **overrides))
-    return train.run(cfg)
+    return train.train(cfg)
 
 
 def check_exact_resume(out_full, out_split, stop=3, total=6, rtol=0.0, **overrides):

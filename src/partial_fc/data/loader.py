@@ -188,6 +188,7 @@ class FaceIter:
         self.images_read = 0
         self.bad_records = 0
         self.first_bad = None   # (key, reason) of the first bad record, for the error message
+        self._bad_reported = 0  # bad_records at the last unreported_bad_records() that returned it
         self._orders = {}       # epoch -> (permutation, flips); at most two epochs kept
         self._pending = deque()
         self._next_submit = start_step
@@ -294,6 +295,13 @@ class FaceIter:
     def first_bad_text(self) -> str:
         key, reason = self.first_bad
         return f"first: record key {key}: {reason}"
+
+    def unreported_bad_records(self) -> int:
+        """bad_records when it grew since the last call, else 0: a caller warns once per growth, not per batch."""
+        if self.bad_records <= self._bad_reported:
+            return 0
+        self._bad_reported = self.bad_records
+        return self.bad_records
 
     def close(self, wait: bool = True):
         """Stop the decoding threads (pending batches are dropped)."""

@@ -16,13 +16,13 @@ class Watchdog:
     """Ends a rank that waits too long, so a dead or stuck peer never hangs the whole job.
 
     A collective blocks until every rank has joined it; when one rank died or hangs, the others would wait
-    forever. The trainer wraps each phase of work in `watch(what, limit)` (or arm/disarm); a thread wakes at
+    forever. The trainer wraps each phase of work in `with watch(what, limit, setting)`; a thread wakes at
     the running phase's deadline and, when that phase outlives its limit, prints one line naming the phase
     and the last collective this rank issued (the one it is most likely waiting in), then ends the process
     with EXIT_STALLED. It must end the process from the thread: the main thread is blocked inside a C call
     (the collective) and cannot raise. The launcher (horovodrun, mpirun) then stops the other ranks.
 
-    The thread sleeps until a deadline (at most timeout / 2 at a time, so a phase armed while it sleeps is
+    The thread sleeps until a deadline (at most timeout / 2 at a time, so a phase that starts while it sleeps is
     judged at most half a limit late) instead of polling: Python code running beside MXNet's and Horovod's
     C calls is kept to a wake-up every minute or so at the default limit. close() ends the thread.
 
@@ -35,18 +35,32 @@ class Watchdog:
         self._exit, self._stream, self._poll = exit, stream, poll
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._phase = None              # (what, started, limit)
+        self._phase = None              # (what, started, limit, setting) of the running phase, or None
         self._recent = deque(maxlen=20)  # seconds of the last completed steps
         self._thread = None
 
     def step_limit(self) -> float:
         return self.timeout + (5 * statistics.median(self._recent) if self._recent else 0.0)
 
-    def arm(self, what: str, limit: float | None = None, setting: str | None = None) -> None:
-        """From now on `what` is running, with `limit` seconds (default: step_limit()); timeout <= 0: no limit.
+    @contextmanager
+    def watch(self, what: str, limit: float | None = None, setting: str | None = None, *, step: bool = False):
+        """While the block runs, `what` is the running phase, with `limit` seconds (default: step_limit(),
+        taken when the block starts); timeout <= 0: no limit.
 
         `setting` names the option an explicit limit comes from, for the message (e.g. "PFC_SLOW_TIMEOUT").
+        step=True: the block's duration joins the recent step times (also when it raises).
         """
+        self._arm(what, limit, setting)
+        try:
+            yield
+        finally:
+            self._disarm(step=step)
+
+    def close(self) -> None:
+        self._disarm()
+        self._closed.set()
+
+    def _arm(self, what: str, limit: float | None, setting: str | None) -> None:
         if self.timeout <= 0:
             return
         if limit is None:
@@ -59,24 +73,11 @@ class Watchdog:
                 self._thread = threading.Thread(target=self._run, name="pfc-watchdog", daemon=True)
                 self._thread.start()
 
-    def disarm(self, *, step: bool = False) -> None:
-        """The running phase finished; with step=True its duration joins the recent step times."""
+    def _disarm(self, *, step: bool = False) -> None:
         with self._lock:
             phase, self._phase = self._phase, None
         if step and phase is not None:
             self._recent.append(time.monotonic() - phase[1])
-
-    def close(self) -> None:
-        self.disarm()
-        self._closed.set()
-
-    @contextmanager
-    def watch(self, what: str, limit: float | None = None, setting: str | None = None, *, step: bool = False):
-        self.arm(what, limit, setting)
-        try:
-            yield
-        finally:
-            self.disarm(step=step)
 
     def _run(self):
         nap = max(self._poll, self.timeout / 2)

@@ -1,0 +1,159 @@
+"""The trainer's start-up pieces and checks, each a plain function the trainer's setup() calls in order.
+
+Checks come before the work they protect: a setting every rank must share is compared across ranks before
+the backbone is bound, a checkpoint of another model is refused before its parameters are loaded, and a
+bank too large for one NDArray is refused before it is allocated. Each refusal is a ConfigError (or the
+checkpoint's CheckpointError) whose message names the setting or file.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import zlib
+
+import mxnet as mx
+import numpy as np
+
+import symbols
+
+from .. import checkpoint
+from ..config import Config, ConfigError
+from ..data import loader
+from ..head.memory_bank import MemoryBank
+from ..head.sharding import shard_range
+
+IMAGE_SHAPE = (3, 112, 112)
+
+
+def context(comm) -> mx.Context:
+    return mx.gpu(comm.local_rank) if mx.context.num_gpus() > 0 else mx.cpu()
+
+
+def resume_checkpoint(cfg: Config) -> checkpoint.Checkpoint | None:
+    value = cfg.resume.strip()
+    if value.lower() in ("", "0", "false", "no"):
+        existing = checkpoint.latest(cfg.output)
+        if existing:
+            raise ConfigError(f"PFC_OUTPUT={cfg.output} already holds a checkpoint ({existing}); set PFC_RESUME=1 "
+                              f"to continue it or choose another PFC_OUTPUT (nothing is overwritten)")
+        return None
+    if value.lower() in ("1", "true", "yes", "latest"):
+        path = checkpoint.latest(cfg.output)
+        if path is None:
+            raise ConfigError(f"PFC_RESUME={value}: no complete checkpoint in PFC_OUTPUT={cfg.output}")
+        return checkpoint.load(path)
+    return checkpoint.load(value)
+
+
+def verification_sets(cfg: Config) -> list[str]:
+    if not cfg.data_dir:
+        return []
+    if cfg.val_targets:
+        paths = [os.path.join(cfg.data_dir, n if n.endswith(".bin") else n + ".bin")
+                 for n in cfg.val_targets.split(",") if n.strip()]
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise ConfigError(f"PFC_VAL_TARGETS: {', '.join(missing)} not found")
+        return paths
+    return sorted(glob.glob(os.path.join(glob.escape(cfg.data_dir), "*.bin")))
+
+
+def open_data(cfg: Config, comm, start_step: int):
+    """(iterator, num_classes). A data folder's property file is the truth about the class count."""
+    if not cfg.data_dir:
+        it = loader.SyntheticIter(cfg.batch_size, cfg.num_classes, comm.rank, comm.size, seed=cfg.seed,
+                                  start_step=start_step, image_size=IMAGE_SHAPE[1:],
+                                  identities=cfg.synthetic_identities)
+        return it, cfg.num_classes
+    ds = loader.open_rec(cfg.data_dir)
+    if cfg.num_classes and cfg.num_classes != ds.num_classes:
+        raise ConfigError(f"PFC_NUM_CLASSES={cfg.num_classes} disagrees with {cfg.data_dir}'s "
+                          f"{ds.num_classes} classes (property file)")
+    if tuple(ds.image_size) != IMAGE_SHAPE[1:]:
+        raise ConfigError(f"{cfg.data_dir}: images are {ds.image_size}, the networks take {IMAGE_SHAPE[1:]}")
+    if len(ds) < cfg.batch_size * comm.size:
+        raise ConfigError(f"{cfg.data_dir}: {len(ds)} images, fewer than one global batch "
+                          f"({cfg.batch_size} x {comm.size} workers)")
+    it = loader.FaceIter(ds, cfg.batch_size, comm.rank, comm.size, seed=cfg.seed, start_step=start_step,
+                         threads=cfg.data_threads, max_bad_fraction=cfg.max_bad_fraction)
+    return it, ds.num_classes
+
+
+def check_same_everywhere(cfg: Config, comm, num_classes: int) -> None:
+    """Every rank must run the same problem; differing settings would mis-shape or silently skew collectives.
+
+    One small allgather at start-up compares the settings that shape the collectives and the schedule.
+    """
+    shaped = {"PFC_BATCH_SIZE": cfg.batch_size, "PFC_EMBEDDING_SIZE": cfg.embedding_size,
+              "num_classes": num_classes, "PFC_MAX_STEPS": cfg.total_steps, "PFC_SEED": cfg.seed}
+    text = json.dumps({k: v for k, v in json_config(cfg).items() if k not in ("output", "resume")}, sort_keys=True)
+    shaped["other PFC_* settings (hash)"] = zlib.crc32(text.encode())
+    mine = mx.nd.array(list(shaped.values()), dtype=np.int64)
+    every = comm.allgather(mine.reshape((1, -1)), "pfc.settings_check").asnumpy()
+    for column, key in enumerate(shaped):
+        values = every[:, column]
+        if (values != values[0]).any():
+            per_rank = ", ".join(f"rank {k}: {v}" for k, v in enumerate(values.tolist()))
+            raise ConfigError(f"{key} differs between ranks ({per_rank}); every rank must use the same settings")
+
+
+def bind_backbone(cfg: Config, ctx, ckpt):
+    """(symbol, bound Module) with the checkpoint's parameters, or fresh ones from the seed."""
+    # MXNet's CPU PReLU backward is most of an mbf step; the depthwise form is the same function with the
+    # same parameters (checkpoints move freely between the two), about 4x faster on CPU.
+    prelu = "depthwise" if ctx.device_type == "cpu" else "leakyrelu"
+    sym = symbols.get_symbol(cfg.network, embedding_size=cfg.embedding_size, fp16=cfg.fp16, dropout=cfg.dropout,
+                             prelu_impl=prelu)
+    mod = mx.mod.Module(sym, data_names=["data"], label_names=None, context=ctx)
+    mod.bind(data_shapes=[("data", (cfg.batch_size,) + IMAGE_SHAPE)], for_training=True)
+    if ckpt is not None:
+        arg, aux = ckpt.backbone()
+        mod.init_params(arg_params=arg, aux_params=aux, allow_missing=False, allow_extra=False)
+    else:
+        mx.random.seed(cfg.seed)
+        mod.init_params(initializer=mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2))
+    return sym, mod
+
+
+def check_bank_fits_one_ndarray(cfg: Config, comm, num_classes: int) -> None:
+    """A device bank is one NDArray per array; MXNet builds without 64-bit tensor sizes (the pip packages)
+    cannot hold 2^31 values or more in one, and fail with an unrelated message."""
+    count = shard_range(num_classes, comm.size, comm.rank)[1]
+    if cfg.memory_bank == "device" and count * cfg.embedding_size >= 2**31 \
+            and not mx.runtime.Features().is_enabled("INT64_TENSOR_SIZE"):
+        raise ConfigError(f"this rank's centers ({count} x {cfg.embedding_size}) exceed the 2^31 values one MXNet "
+                          f"NDArray can hold in this build: set PFC_MEMORY_BANK=host, or use more workers")
+
+
+def bank(cfg: Config, comm, ckpt, num_classes: int, ctx) -> MemoryBank | None:
+    """This rank's shard of the checkpoint's centers and momentum; None for a fresh run."""
+    if ckpt is None:
+        return None  # PartialFC creates a fresh shard from the seed
+    start, count = shard_range(num_classes, comm.size, comm.rank)
+    weight, mom = ckpt.centers(start, count, cfg.bank_dtype)  # converted if saved in another dtype
+    return MemoryBank(weight, mom, ctx=ctx, storage=cfg.memory_bank, momentum=cfg.momentum,
+                      wd=cfg.weight_decay, copy=False, dtype=cfg.bank_dtype)
+
+
+def json_config(cfg: Config) -> dict:
+    return json.loads(cfg.to_json())
+
+
+def banner(cfg: Config, comm, fc, num_classes, start_step, total_steps, bins, ckpt) -> str:
+    """What rank 0 prints before the first step: the run's shape, its data, its steps, every setting."""
+    lines = [
+        f"Partial FC training: {comm.size} worker(s), FC collectives via {comm.transport}, "
+        f"{'GPU' if mx.context.num_gpus() else 'CPU'}",
+        f"  network {cfg.network} (D={cfg.embedding_size}{', fp16' if cfg.fp16 else ''}), "
+        f"{num_classes} classes, this rank holds [{fc.start}, {fc.start + fc.count}), sample rate {cfg.sample_rate}",
+        f"  loss {cfg.loss} s={cfg.margin_s} m={cfg.margins}, batch {cfg.batch_size}/worker "
+        f"({cfg.batch_size * comm.size} global), lr {cfg.lr} per 512 (steps {cfg.lr_steps}, warmup "
+        f"{cfg.warmup_steps})",
+        f"  data {cfg.data_dir or 'synthetic images'}; verification sets: "
+        f"{', '.join(os.path.basename(b) for b in bins) or 'none'}",
+        f"  steps {start_step} -> {total_steps}" + (f" (resumed from {ckpt.path})" if ckpt else "")
+        + f"; output {cfg.output}",
+        "  config: " + " ".join(f"{k}={v}" for k, v in sorted(json_config(cfg).items())),
+    ]
+    return "\n".join(lines)
