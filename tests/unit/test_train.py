@@ -1,13 +1,11 @@
 import json
-import os
 
 import numpy as np
 import pytest
 
-from support import trainer_cases as cases
-from partial_fc import checkpoint, config
-from partial_fc.training import trainer as train
+from partial_fc import checkpoint
 from partial_fc.config import ConfigError
+from support import trainer_cases as cases
 
 
 def test_resumed_run_repeats_the_uninterrupted_losses(tmp_path):

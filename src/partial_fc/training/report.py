@@ -10,6 +10,8 @@ import os
 import sys
 import time
 
+from tqdm import tqdm
+
 
 def _duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
@@ -25,14 +27,17 @@ class Reporter:
         self.world_size, self.batch_size = world_size, batch_size
         self.total_steps, self.frequent = total_steps, frequent
         self.stream = stream or sys.stdout
-        self.progress = active and self.stream.isatty()
-        self.writer = self.metrics = self.log = None
+        self.writer = self.metrics = self.log = self.bar = None
         self._window_start, self._window_step = time.perf_counter(), start_step
         self._start, self._start_step = self._window_start, start_step
         self._losses = []
         self.first_loss = self.last_loss = None   # means of the first and the latest report window
         if not active:
             return
+        if self.stream.isatty():
+            # Between the log lines: steps done, rate and the last loss (log lines are written above it).
+            self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream, unit="step", leave=False,
+                            dynamic_ncols=True)
         os.makedirs(output, exist_ok=True)
         self.log = open(os.path.join(output, "train.log"), "a", buffering=1)
         self.metrics = open(os.path.join(output, "metrics.jsonl"), "a", buffering=1)
@@ -43,9 +48,10 @@ class Reporter:
     def info(self, text: str) -> None:
         if not self.active:
             return
-        if self.progress:
-            self.stream.write("\r\033[K")
-        print(text, file=self.stream, flush=True)
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
         self.log.write(text + "\n")
 
     def _record(self, step: int, **values) -> None:
@@ -76,12 +82,9 @@ class Reporter:
             self._record(done, loss=mean_loss, lr=lr, samples_per_s=per_rank * self.world_size,
                          samples_per_s_per_rank=per_rank, **extra)
             self._window_start, self._window_step, self._losses = now, done, []
-        elif self.progress:
-            width = 30
-            filled = int(width * done / max(self.total_steps, 1))
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total_steps} "
-                              f"loss {loss:.4f}")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.bar.update(1)
 
     def verification(self, step: int, results) -> None:
         if not self.active:
@@ -99,6 +102,8 @@ class Reporter:
                       f"{self._window_step} ({trend})")
 
     def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
         for f in (self.log, self.metrics):
             if f is not None:
                 f.close()
