@@ -14,7 +14,7 @@ the graph as its first two nodes, Sub and Mul. insightface's recognition class (
 nodes named Sub*/Mul* among the first eight to decide that the model normalises by itself and feeds raw
 pixels (mean 0, std 1); the exporter names those two nodes so that it does.
 
-MXNet's exporter (mx.onnx, MXNet 1.9.1) needs three repairs of its output, each a DESIGN section 2 trap:
+MXNet's exporter (mx.onnx, MXNet 1.9.1) needs three repairs of its output, each a trap of docs/design.md §2:
 * PReLU slopes are stored as (C,), which MXNet's operator requires; ONNX PRelu broadcasts the slope against
   [N, C, H, W] from the right, so they become (C, 1, 1);
 * every parameter is listed as a graph input as well as an initializer; onnxruntime then treats them as
