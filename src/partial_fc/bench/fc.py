@@ -14,10 +14,10 @@ repeats after one warm-up:
                   norms, the 1/|w| scaling and the gradient's projection), matmul (the matrix products alone),
                   softmax, scatter, update, and "other" (the step's time outside every phase); they sum to the
                   phased step
-    matmul        the step's three matmuls (cosines F.W^T, dW = dcos^T.F, dF = dcos.W), 2*B*S*D flops each;
-                  GFLOP/s over the "matmul" phase, against a plain numpy float32 [B, D] x [D, S] matmul timed
-                  in the same run (the share = matmul-phase GFLOP/s / numpy GFLOP/s); for reference also the
-                  same product as one MXNet dot (MXNet links its own BLAS build)
+    matmul        the step's three matmuls (cosines F.w^T, dw = dcos^T.F, dF = dcos.w; w: the sampled centers),
+                  2*B*S*D flops each; GFLOP/s over the "matmul" phase, against a plain numpy float32
+                  [B, D] x [D, S] matmul timed in the same run (the share = matmul-phase GFLOP/s / numpy
+                  GFLOP/s); for reference also the same product as one MXNet dot (MXNet links its own BLAS)
     lower bound   max(compute, bandwidth) seconds, where
                       compute   = 3 * (median seconds of that numpy matmul)   (the three matmuls at numpy's rate)
                       bandwidth = 5 * S * D * b / (numpy memcpy bandwidth measured in the same run)
@@ -266,14 +266,14 @@ def median_phases(steps: list[dict]) -> dict:
 
 
 def _numpy_matmul_time(batch: int, dim: int, s: int, repeat: int, rng) -> float:
-    """Median seconds of a float32 [B, D] x [D, S] numpy matmul, laid out as the step's F.W^T."""
+    """Median seconds of a float32 [B, D] x [D, S] numpy matmul, laid out as the step's F.w^T."""
     a = rng.random((batch, dim), dtype=np.float32)
     w = rng.random((s, dim), dtype=np.float32)
     return median_time(lambda _: a @ w.T, repeat)
 
 
 def _mxnet_dot_time(batch: int, dim: int, s: int, repeat: int, rng) -> float:
-    """Median seconds of the same product as one MXNet dot (F.W^T, transpose_b), MXNet's own BLAS: tells the
+    """Median seconds of the same product as one MXNet dot (F.w^T, transpose_b), MXNet's own BLAS: tells the
     BLAS's share of a gap to numpy from the operator's own."""
     a = mx.nd.array(rng.random((batch, dim), dtype=np.float32))
     w = mx.nd.array(rng.random((s, dim), dtype=np.float32))
@@ -365,7 +365,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-local", type=list_of(positive_int), default=list(DEFAULT_N_LOCAL), metavar="N[,N...]",
                         help="classes on this rank (default: %(default)s; 1e7 runs when its bank fits in free "
                              "memory)")
-    parser.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH, help="global batch B (default: %(default)s)")
+    parser.add_argument("--batch", type=positive_int, default=DEFAULT_BATCH,
+                        help="global batch B (default: %(default)s)")
     add_dim(parser)
     parser.add_argument("--rates", type=list_of(rate), default=list(DEFAULT_RATES), metavar="R[,R...]",
                         help="sample rates in (0, 1]; ratios are taken against the largest (default: %(default)s)")
