@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from partial_fc import cli
 from partial_fc.data.make_bin import detect_format, make_bin, read_pairs
 from partial_fc.data.bins import BinError, load_pairs
+from support.cli import one_line_error, run_cli
 
 
 def jpeg(seed, size=(20, 16)):
@@ -29,17 +29,6 @@ def lfw_tree(root):
 LFW_PAIRS = "1\t3\nAnn_Lee\t1\t2\nBo_Ng\t1\t3\nAnn_Lee\t2\tBo_Ng\t3\n"
 
 
-def run_cli(args, capsys):
-    status = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def one_line_error(err):
-    lines = [line for line in err.splitlines() if line.strip() and "\r" not in line]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("partial-fc: error: ")
-    return lines[0]
 
 
 def test_lfw_pairs_round_trip_through_the_restricted_loader(tmp_path, capsys):

@@ -5,11 +5,11 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from partial_fc import cli
 from partial_fc.data import pack as pack_module, synth
 from partial_fc.data.loader import open_rec
 from partial_fc.data.pack import pack, read_lst, scan_folders
 from partial_fc.data.unpack import unpack
+from support.cli import one_line_error, run_cli
 
 
 def jpeg(seed, size=(20, 16)):
@@ -50,17 +50,6 @@ def files(folder):
     return {p: (folder / p).read_bytes() for p in ("train.rec", "train.idx", "property")}
 
 
-def run_cli(args, capsys):
-    status = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def one_line_error(err):
-    lines = [line for line in err.splitlines() if line.strip() and "\r" not in line]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("partial-fc: error: ")
-    return lines[0]
 
 
 def test_pack_of_unpacked_synth_rec_is_byte_identical(tmp_path):
