@@ -355,8 +355,6 @@ def format_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-
-
 DESCRIPTION = ("Time one step of the Partial FC operator (forward_backward + update) in one process at several "
                "sample rates, with the sampler's share and the matmul GFLOP/s against numpy.")
 
