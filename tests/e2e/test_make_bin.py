@@ -132,3 +132,80 @@ def test_make_bin_output_loads_and_replaces_atomically(tmp_path):
     assert make_bin(pairs[:1], str(out), progress=None) == {"pairs": 1, "same": 0, "images": 2,
                                                              "bytes": out.stat().st_size}
     assert load_pairs(str(out))[0] == [images[("Ann_Lee", 1)], images[("Bo_Ng", 1)]]
+
+
+# ---- images stored as uint8 arrays (as some of insightface's tools write them) ----------------------------
+
+def as_arrays(images, shape):
+    """Each encoded image as a numpy uint8 array of its bytes: shape (n,) or (n, 1) (what cv2.imencode gives)."""
+    flat = [np.frombuffer(b, dtype=np.uint8).copy() for b in images]
+    return flat if shape == "(n,)" else [a.reshape(-1, 1) for a in flat]
+
+
+@pytest.mark.parametrize("shape", ["(n,)", "(n, 1)"])
+def test_uint8_array_images_load_as_the_same_bytes(tmp_path, capsys, shape):
+    images = [jpeg(i) for i in range(4)]
+    path = tmp_path / "arrays.bin"
+    # Written as such tools write it: plain pickle, issame a numpy bool array.
+    path.write_bytes(pickle.dumps((as_arrays(images, shape), np.array([True, False])), protocol=2))
+    got, issame = load_pairs(str(path))
+    assert got == images and all(type(b) is bytes for b in got) and issame.tolist() == [True, False]
+    status, out, _ = run_cli(["make-bin", "--check", path], capsys)
+    assert status == 0 and "2 pairs (1 same identity), every image decodes" in out
+
+
+class _Call:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.mark.parametrize("case,message", [
+    ("float32", "image 1 is a numpy array of float32, shape (631,)"),
+    ("int16", "image 1 is a numpy array of int16"),
+    ("pixels", "image 1 is a numpy array of uint8, shape (16, 20, 3)"),
+    ("wide", "image 1 is a numpy array of uint8, shape (2, 400)"),
+    ("object", "image 1 is a numpy array of object"),
+    ("object_with_call", "refusing to load posix.mkdir"),
+    ("call_in_issame", "refusing to load posix.mkdir"),
+])
+def test_other_arrays_and_calls_are_refused_without_running_code(tmp_path, capsys, case, message):
+    marker = str(tmp_path / "ran")
+    good = np.frombuffer(jpeg(0), dtype=np.uint8)
+    second = {
+        "float32": np.zeros(631, np.float32),
+        "int16": good.astype(np.int16),
+        "pixels": cv2.imdecode(good, cv2.IMREAD_COLOR),
+        "wide": np.zeros((2, 400), np.uint8),
+        "object": np.array([jpeg(1), jpeg(2)], dtype=object),
+        "object_with_call": np.array([_Call(marker), jpeg(2)], dtype=object),
+        "call_in_issame": good,
+    }[case]
+    issame = [_Call(marker)] if case == "call_in_issame" else [True]
+    path = tmp_path / "x.bin"
+    path.write_bytes(pickle.dumps(([good, second], issame), protocol=4))
+    with pytest.raises(BinError) as e:
+        load_pairs(str(path))
+    assert message in str(e.value) and str(path) in str(e.value)
+    status, _, err = run_cli(["make-bin", "--check", path], capsys)
+    assert status == 1 and message in one_line_error(err)
+    assert not os.path.exists(marker)
+    if "call" in case:  # the same bytes do run the call under plain pickle, so the test can fail
+        pickle.loads(path.read_bytes())
+        assert os.path.exists(marker)
+
+
+def test_distinct_images_are_counted_by_content(tmp_path, capsys):
+    images = lfw_tree(tmp_path / "img")
+    # The same photo under a second name: one image, not two; and stored once in the pickle.
+    (tmp_path / "img" / "copy.jpg").write_bytes(images[("Ann_Lee", 1)])
+    (tmp_path / "pairs.lst").write_text("Ann_Lee/Ann_Lee_0001.jpg copy.jpg 1\nBo_Ng/Bo_Ng_0001.jpg copy.jpg 0\n")
+    status, out, _ = run_cli(["make-bin", "--pairs", tmp_path / "pairs.lst", "--root", tmp_path / "img",
+                              "--output", tmp_path / "c.bin"], capsys)
+    assert status == 0 and "2 pairs (1 same identity), 2 distinct images" in out
+    got, _ = load_pairs(str(tmp_path / "c.bin"))
+    a, b = images[("Ann_Lee", 1)], images[("Bo_Ng", 1)]
+    assert got == [a, a, b, a]
+    assert (tmp_path / "c.bin").stat().st_size < len(a) + len(b) + 256

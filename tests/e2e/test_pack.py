@@ -52,12 +52,130 @@ def files(folder):
 
 
 
-def test_pack_of_unpacked_synth_rec_is_byte_identical(tmp_path):
+# ---- insightface's writers and readers, as their code does it ----------------------------------------------
+
+def write_like_dataset_merge(folder, identities):
+    """A rec written the way insightface's src/data/dataset_merge.py writes one (the layout of its published
+    recs), with MXNet's own writer: images on keys 1.. (scalar label, id = key), then one identity record per
+    identity (labels (first, end), id = key), then the header on key 0, last in the file."""
+    os.makedirs(folder)
+    w = mx.recordio.MXIndexedRecordIO(str(folder / "train.idx"), str(folder / "train.rec"), "w")
+    idx, ranges = 1, []
+    for label, images in enumerate(identities):
+        ranges.append((idx, idx + len(images)))
+        for data in images:
+            w.write_idx(idx, mx.recordio.pack(mx.recordio.IRHeader(0, label, idx, 0), data))
+            idx += 1
+    first_identity = idx
+    for r in ranges:
+        w.write_idx(idx, mx.recordio.pack(mx.recordio.IRHeader(1, r, idx, 0), b""))
+        idx += 1
+    w.write_idx(0, mx.recordio.pack(mx.recordio.IRHeader(1, (first_identity, idx), 0, 0), b""))
+    w.close()
+    (folder / "property").write_text(f"{len(identities)},16,20")
+
+
+def read_like_insightface(folder):
+    """What insightface's readers take from a rec, each by its own rules, through MXNet's reader:
+    FaceImageIter (arcface_mxnet, and the partial_fc reference's image_iter.py): key 0's header with flag > 0
+    gives the identity keys range(a, b), each identity record's labels the range of its image keys; without
+    one every key is an image. MXFaceDataset (arcface_torch): the image keys are range(1, a), or every key.
+    Both take an image's class from its own header (the label, or its first component).
+    Returns (FaceImageIter's [(key, class, bytes)], MXFaceDataset's, identity ranges)."""
+    r = mx.recordio.MXIndexedRecordIO(str(folder / "train.idx"), str(folder / "train.rec"), "r")
+    header, _ = mx.recordio.unpack(r.read_idx(0))
+    if header.flag > 0:
+        a, b = int(header.label[0]), int(header.label[1])
+        ranges = [tuple(int(v) for v in mx.recordio.unpack(r.read_idx(k))[0].label) for k in range(a, b)]
+        iter_keys = [key for lo, hi in ranges for key in range(lo, hi)]
+        dataset_keys = list(range(1, a))
+    else:
+        ranges, iter_keys = [], list(r.keys)
+        dataset_keys = list(r.keys)
+
+    def image(key):
+        h, data = mx.recordio.unpack(r.read_idx(key))
+        label = h.label if np.ndim(h.label) == 0 else h.label[0]
+        return key, int(label), data
+    out = [image(k) for k in iter_keys], [image(k) for k in dataset_keys], ranges
+    r.close()
+    return out
+
+
+def expected_from(made):
+    """[(class, bytes)] of make_folders' output, in class order."""
+    return [(c, data) for c, name in enumerate(sorted(made)) for data in made[name]]
+
+
+def test_pack_of_unpacked_dataset_merge_rec_is_byte_identical(tmp_path):
+    identities = [[jpeg(10 * c + k) for k in range(n)] for c, n in enumerate([3, 1, 2, 4])]
+    write_like_dataset_merge(tmp_path / "theirs", identities)
+    unpack([str(tmp_path / "theirs")], str(tmp_path / "un"), progress=None)
+    pack(scan_folders(str(tmp_path / "un")), str(tmp_path / "ours"), progress=None)
+    for name in ("train.rec", "train.idx"):
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), name
+    assert (tmp_path / "ours" / "property").read_text() == "4,16,20\n"
+    assert not [f for f in os.listdir(tmp_path / "ours") if ".tmp-" in f]
+
+
+def test_pack_of_unpacked_recbuilder_rec_is_byte_identical_with_layout_recbuilder(tmp_path, capsys):
+    from insightface.data.rec_builder import RecBuilder  # insightface 0.7.3's own writer
+
+    identities = [[jpeg(10 * c + k, (112, 112)) for k in range(n)] for c, n in enumerate([2, 3, 1])]
+    builder = RecBuilder(str(tmp_path / "theirs"))
+    for images in identities:
+        builder.add(images)  # bytes pass through (mx.recordio.pack)
+    builder.close()
+    builder.writer.close()  # RecBuilder.close() leaves its writer open (flushed when the process exits)
+    capsys.readouterr()
+    assert (tmp_path / "theirs" / "property").read_text() == "3,112,112\n6\n"
+    assert run_cli(["unpack", "--include", tmp_path / "theirs", "--output", tmp_path / "un"], capsys)[0] == 0
+    assert sorted(os.listdir(tmp_path / "un")) == ["00000000", "00000001", "00000002"]
+    assert sorted(os.listdir(tmp_path / "un" / "00000001")) == ["000000002.jpg", "000000003.jpg", "000000004.jpg"]
+    status, out, err = run_cli(["pack", "--input", tmp_path / "un", "--output", tmp_path / "ours",
+                                "--layout", "recbuilder"], capsys)
+    assert status == 0, err
+    for name in ("train.rec", "train.idx", "property"):
+        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "theirs" / name).read_bytes(), name
+    # The default layout holds the same images for the same readers.
+    assert run_cli(["pack", "--input", tmp_path / "un", "--output", tmp_path / "header"], capsys)[0] == 0
+    flat = [(c, data) for c, images in enumerate(identities) for data in images]
+    for folder in ("theirs", "header"):
+        by_iter, by_dataset, _ = read_like_insightface(tmp_path / folder)
+        assert [(c, d) for _, c, d in by_iter] == [(c, d) for _, c, d in by_dataset] == flat, folder
+
+
+@pytest.mark.parametrize("layout", ["insightface", "recbuilder"])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_insightface_readers_read_what_pack_wrote(tmp_path, layout, shuffle):
+    made = make_folders(tmp_path / "img", [2, 1, 3, 2])
+    pack(scan_folders(str(tmp_path / "img")), str(tmp_path / "out"), shuffle=shuffle, seed=3, layout=layout,
+         progress=None)
+    by_iter, by_dataset, ranges = read_like_insightface(tmp_path / "out")
+    # Both readers see the same images (FaceImageIter in identity-record order, i.e. by class, which after
+    # --shuffle is not key order; both shuffle before use).
+    assert sorted(by_iter) == sorted(by_dataset) and (shuffle or by_iter == by_dataset)
+    got = [(c, d) for _, c, d in by_iter]
+    assert (sorted(got) if shuffle else got) == (sorted(expected_from(made)) if shuffle else expected_from(made))
+    if layout == "insightface":
+        # Identity record j covers class j's images, on consecutive keys.
+        assert len(ranges) == 4 and all({c for k, c, _ in by_iter if lo <= k < hi} == {j}
+                                        for j, (lo, hi) in enumerate(ranges))
+    else:
+        assert ranges == [] and [k for k, _, _ in by_iter] == list(range(8))
+    with open_rec(str(tmp_path / "out")) as ds:  # and so does the trainer
+        assert sorted(zip(ds.labels.tolist(), (ds.read(i) for i in range(len(ds))))) == sorted(got)
+        assert ds.layout == ("insightface" if layout == "insightface" else "im2rec") and ds.num_classes == 4
+
+
+def test_unpack_pack_of_a_synth_rec_is_byte_identical(tmp_path):
+    """synth writes the insightface layout through the same writer as pack."""
     synth.write_dataset(str(tmp_path / "syn"), identities=4, images_per_identity=3, val_pairs=2, progress=False)
     unpack([str(tmp_path / "syn")], str(tmp_path / "un"), progress=None)
     pack(scan_folders(str(tmp_path / "un")), str(tmp_path / "re"), progress=None)
-    assert files(tmp_path / "re") == files(tmp_path / "syn")
-    assert not [f for f in os.listdir(tmp_path / "re") if ".tmp-" in f]
+    assert read_like_insightface(tmp_path / "re") == read_like_insightface(tmp_path / "syn")
+    for name in ("train.rec", "train.idx", "property"):
+        assert (tmp_path / "re" / name).read_bytes() == (tmp_path / "syn" / name).read_bytes(), name
 
 
 def test_pack_unpack_pack_is_byte_identical_and_mxnet_reads_it(tmp_path, capsys):
@@ -127,12 +245,34 @@ def test_lst_input(tmp_path, capsys):
     assert read_lst(str(lst), str(tmp_path / "img")) == read_lst(str(lst))
 
 
+def test_path_label_list_packs_as_the_same_im2rec_list(tmp_path, capsys):
+    made = make_folders(tmp_path / "img", [2, 2])
+    entries = [("person_1/img_000.jpg", 1), ("person_0/img_001.jpg", 0), ("person_1/img_001.jpg", 1),
+               ("person_0/img_000.jpg", 0)]
+    (tmp_path / "img" / "two.txt").write_text("".join(f"{p}\t{c}\r\n" for p, c in entries))  # CRLF ends too
+    (tmp_path / "img" / "im2rec.lst").write_text("".join(f"{i}\t{c}\t{p}\n" for i, (p, c) in enumerate(entries)))
+    for name, extra in (("auto", []), ("explicit", ["--lst-format", "path-label"])):
+        status, out, err = run_cli(["pack", "--lst", tmp_path / "img" / "two.txt", *extra,
+                                    "--output", tmp_path / name], capsys)
+        assert status == 0 and "wrote 4 images of 2 identities" in out, err
+    assert run_cli(["pack", "--lst", tmp_path / "img" / "im2rec.lst", "--output", tmp_path / "lst"], capsys)[0] == 0
+    assert files(tmp_path / "auto") == files(tmp_path / "explicit") == files(tmp_path / "lst")
+    by_iter, _, ranges = read_like_insightface(tmp_path / "auto")
+    assert [(c, d) for _, c, d in by_iter] == [
+        (0, made["person_0"][1]), (0, made["person_0"][0]), (1, made["person_1"][0]), (1, made["person_1"][1])]
+    assert ranges == [(1, 3), (3, 5)]
+
+
 @pytest.mark.parametrize("case,message", [
     ("empty_folder", "identity folder holds no images"),
     ("no_input", "not a folder"),
     ("both", "exactly one of --input"),
     ("bad_lst_line", "line 2 is not 'index<TAB>label<TAB>path'"),
     ("bad_lst_label", "label '-1', not a class id"),
+    ("neither_format", "x.lst: line 1 is neither 'index<TAB>label<TAB>path' (im2rec) nor 'path<TAB>label'"),
+    ("mixed_formats", "x.lst: line 2 is not 'path<TAB>label' (path-label, the format of the list)"),
+    ("forced_format", "x.lst: line 1 is not 'index<TAB>label<TAB>path' (im2rec, the format of the list)"),
+    ("bad_two_column_label", "x.lst: line 1 has label '1.5', not a class id"),
     ("missing_image", "img_009.jpg: cannot read image"),
     ("bad_resize", "expected WIDTHxHEIGHT"),
 ])
@@ -151,6 +291,13 @@ def test_bad_input_is_one_line_and_leaves_no_output(tmp_path, capsys, case, mess
                   "missing_image": "1\t1\tperson_1/img_009.jpg"}[case]
         lst.write_text(f"0\t0\tperson_0/img_000.jpg\n{second}\n")
         args = ["--lst", lst]
+    elif case in ("neither_format", "mixed_formats", "forced_format", "bad_two_column_label"):
+        lst = tmp_path / "img" / "x.lst"
+        lst.write_text({"neither_format": "person_0/img_000.jpg 0\n",
+                        "mixed_formats": "person_0/img_000.jpg\t0\n1\t1\tperson_1/img_000.jpg\n",
+                        "forced_format": "person_0/img_000.jpg\t0\n",
+                        "bad_two_column_label": "person_0/img_000.jpg\t1.5\n"}[case])
+        args = ["--lst", lst] + (["--lst-format", "im2rec"] if case == "forced_format" else [])
     elif case == "bad_resize":
         args += ["--resize", "112"]
     status, _, err = run_cli(["pack", *args, "--output", tmp_path / "out"], capsys)

@@ -92,6 +92,28 @@ def test_table_output(trained, capsys):
     assert row[-1] == "n/a"
 
 
+def test_a_bin_of_uint8_arrays_scores_as_the_same_pairs_stored_as_bytes(trained, tmp_path, capsys):
+    """Some of insightface's tools store each encoded image as a uint8 array ((n,) or (n, 1), as cv2.imencode
+    gives it); verify reads them as the bytes they hold, so the numbers are the trainer's."""
+    data, out, logged = trained
+    images, issame = pickle.loads((data / "synth_val.bin").read_bytes())
+    assert all(type(b) is bytes for b in images)
+    flat = [np.frombuffer(b, dtype=np.uint8).copy() for b in images]
+    # Half of each shape in one file, and each shape alone.
+    mixed = [a if i % 2 else a.reshape(-1, 1) for i, a in enumerate(flat)]
+    rc, stdout, err = _verify([out, data / "synth_val.bin", "--json"], capsys)
+    assert rc == 0, err
+    as_bytes = json.loads(stdout)["sets"]
+    for name, arrays in (("flat", flat), ("column", [a.reshape(-1, 1) for a in flat]), ("mixed", mixed)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "synth_val.bin").write_bytes(pickle.dumps((arrays, np.asarray(issame)), protocol=2))
+        rc, stdout, err = _verify([out, tmp_path / name / "synth_val.bin", "--json"], capsys)
+        assert rc == 0, err
+        doc = json.loads(stdout)
+        assert doc["sets"] == as_bytes  # every number: accuracy, std, XNorm, threshold
+        _check_against_log(doc, logged, ("synth_val",))
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("touch PWNED",))

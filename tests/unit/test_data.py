@@ -239,10 +239,35 @@ def test_corrupted_magic_found_when_reading(tmp_path):
 def test_truncated_rec(tmp_path):
     folder = marked_dataset(tmp_path, n=8, insightface=False)
     rec = os.path.join(folder, "train.rec")
-    os.truncate(rec, os.path.getsize(rec) - 10)
-    ds = open_rec(folder)  # the last header is still whole
-    with pytest.raises(DataError, match=r"train\.rec: truncated record \(record key 7\)"):
-        ds.read(7)
+    os.truncate(rec, os.path.getsize(rec) - 10)  # `truncate -s -10`: every idx offset still inside the file
+    # Refused when opened (the last record must end at the file's end), not when record 7 is first read.
+    with pytest.raises(DataError, match=r"train\.rec: truncated record \(record key 7, the last in .*train\.idx\)"
+                                        r": it ends at byte \d+ or later, the file at \d+"):
+        open_rec(folder)
+
+
+@pytest.mark.parametrize("layout", ["im2rec", "insightface", "multi-part"])
+def test_a_rec_cut_anywhere_in_its_last_record_or_grown_past_it_is_refused(tmp_path, layout):
+    """The record at the largest idx offset, whatever its key, must end exactly at the end of the file."""
+    rec, idx = str(tmp_path / "train.rec"), str(tmp_path / "train.idx")
+    image = marked_png(1)
+    if layout == "multi-part":  # the magic word at an aligned position splits a record into parts
+        image = image + b"\0" * (-len(image) % 4) + MAGIC.to_bytes(4, "little") + b"tail"
+    with RecordWriter(rec, idx) as w:
+        for key in range(4):
+            w.write(key, pack_image(key % 2, b"" if layout == "insightface" and key == 3 else image, id=key))
+    whole = open(rec, "rb").read()
+    RecordReader(rec, idx).close()  # whole: accepted
+    last = max(int(line.split()[1]) for line in open(idx))
+    for cut in (1, 4, 10, len(whole) - last - 8, len(whole) - last - 1):
+        with open(rec, "wb") as f:
+            f.write(whole[:len(whole) - cut])
+        with pytest.raises(DataError, match=r"train\.rec: truncated record \(record key 3, the last in"):
+            RecordReader(rec, idx)
+    with open(rec, "wb") as f:
+        f.write(whole + b"\0" * 8)
+    with pytest.raises(DataError, match=r"trailing bytes after the last record \(record key 3"):
+        RecordReader(rec, idx)
 
 
 def test_label_beyond_property(tmp_path):
@@ -274,6 +299,29 @@ def test_without_property_the_labels_and_first_image_decide(tmp_path):
     folder = write_rec(tmp_path, [marked_png(i, (6, 10)) for i in range(4)], [0, 3, 1, 1], insightface=False)
     ds = open_rec(folder)
     assert ds.num_classes == 4 and ds.image_size == (6, 10)
+
+
+@pytest.mark.parametrize("text", ["6,8,8\n72\n", "6,8,8\n72", "6,8,8\n72\nshuffled\n2021-01-01 00:00:00\n"])
+def test_property_with_the_image_count_on_line_two(tmp_path, text):
+    """insightface 0.7.3's RecBuilder writes 'classes,h,w' then the image count; rec2shufrec.py adds two notes."""
+    for insightface in (True, False):
+        folder = marked_dataset(tmp_path / str(insightface), insightface=insightface)
+        with open(os.path.join(folder, "property"), "w") as f:
+            f.write(text)
+        with open_rec(folder) as ds:
+            assert (ds.num_classes, ds.image_size, len(ds)) == (6, (8, 8), 72)
+
+
+@pytest.mark.parametrize("second, message", [
+    ("71", r"property: line 2 says 71 images, but .*train\.rec holds 72"),
+    ("six", r"property: line 2 must be the number of images \(as insightface writes it\), got 'six'"),
+])
+def test_property_line_two_that_disagrees_is_refused(tmp_path, second, message):
+    folder = marked_dataset(tmp_path)
+    with open(os.path.join(folder, "property"), "w") as f:
+        f.write(f"6,8,8\n{second}\n")
+    with pytest.raises(DataError, match=message):
+        open_rec(folder)
 
 
 # ---- FaceIter -------------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ class RecDataset:
     keys:        int64 [n] record keys of the images
     labels:      int64 [n] class of each image, in [0, num_classes)
     num_classes: from the `property` file when present, else max label + 1
-    image_size:  (height, width) from `property`, else the size of the first decodable image
+    image_size:  (height, width) from `property`, else the size of the first decodable image (of the
+                 first 16)
     """
 
     def __init__(self, rec_path: str, idx_path: str, property_path: str | None = None):
@@ -51,6 +52,9 @@ class RecDataset:
             self.image_size = seen or prop[1]
             if prop:
                 self._check_property(property_path, prop, seen)
+                if prop[2] is not None and prop[2] != len(self.keys):
+                    raise DataError(f"{property_path}: line 2 says {prop[2]} images, but {rec_path} holds "
+                                    f"{len(self.keys)}")
         except BaseException:
             self.reader.close()
             raise
@@ -112,20 +116,34 @@ class RecDataset:
                         f"to give the image size")
 
 
-def _read_property(path: str) -> tuple[int, tuple[int, int]]:
-    """`num_classes,height,width` (the insightface `property` file)."""
+def _read_property(path: str) -> tuple[int, tuple[int, int], int | None]:
+    """(num_classes, (height, width), image count or None) from an insightface `property` file.
+
+    Line 1 is `num_classes,height,width`. insightface's RecBuilder (0.7.3) and rec2shufrec.py write the
+    number of images on a second line (rec2shufrec then a note and a date, which are ignored)."""
     try:
         with open(path) as f:
-            text = f.read().strip()
-    except OSError as e:
-        raise DataError(f"{path}: unreadable ({e.strerror})") from None
+            lines = f.read().strip().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: unreadable ({getattr(e, 'strerror', None) or e})") from None
+    first = lines[0].strip() if lines else ""
     try:
-        values = [int(v) for v in text.split(",")]
+        values = [int(v) for v in first.split(",")]
         if len(values) != 3 or min(values) < 1:
             raise ValueError
     except ValueError:
-        raise DataError(f"{path}: expected 'num_classes,height,width', got {text[:60]!r}") from None
-    return values[0], (values[1], values[2])
+        raise DataError(f"{path}: expected 'num_classes,height,width', got {first[:60]!r}") from None
+    count = None
+    if len(lines) > 1:
+        second = lines[1].strip()
+        try:
+            count = int(second)
+            if count < 1:
+                raise ValueError
+        except ValueError:
+            raise DataError(f"{path}: line 2 must be the number of images (as insightface writes it), got "
+                            f"{second[:60]!r}") from None
+    return values[0], (values[1], values[2]), count
 
 
 def open_rec(path: str) -> RecDataset:

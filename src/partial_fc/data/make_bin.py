@@ -13,9 +13,10 @@ Two pair-list formats (auto-detected: a first line of one or two integers means 
 
 The `.bin` is a pickle (protocol 4) of (list of encoded image bytes, list of bool issame), two images per
 pair. Images are stored as their file bytes, each checked to decode; --resize decodes, resizes and
-re-encodes as JPEG. The file is written under a temporary name and renamed into place, then loaded back
-through bins.load_pairs, the loader that never executes code from a `.bin`. --check runs only that
-loader (and the decode check) on an existing `.bin`.
+re-encodes as JPEG. The summary counts distinct images by content (byte-identical files are one image),
+not by path. The file is written under a temporary name and renamed into place, then loaded back through
+bins.load_pairs, the loader that never executes code from a `.bin`. --check runs only that loader (and
+the decode check) on an existing `.bin`, which may also hold its images as uint8 arrays (bins.py).
 """
 from __future__ import annotations
 
@@ -120,21 +121,25 @@ def _image(path: str, resize, quality: int) -> bytes:
 
 def make_bin(pairs: list[tuple[str, str, bool]], output: str, resize=None, quality: int = DEFAULT_QUALITY,
              progress=sys.stderr) -> dict:
-    """Write the .bin; an image used by several pairs is read once. Returns counts."""
+    """Write the .bin; an image used by several pairs is read once. Returns counts; "images" counts distinct
+    contents (byte-identical files, e.g. the same photo under two names, are one image)."""
     cache: dict[str, bytes] = {}
+    # One bytes object per distinct content: pickle then stores a repeated image once and refers back to it.
+    by_content: dict[bytes, bytes] = {}
     images, issame = [], []
     with tqdm(total=len(pairs), desc="make-bin", unit="pair", file=progress,
               disable=not (progress and progress.isatty())) as bar:
         for a, b, same in pairs:
             for path in (a, b):
                 if path not in cache:
-                    cache[path] = _image(path, resize, quality)
+                    data = _image(path, resize, quality)
+                    cache[path] = by_content.setdefault(data, data)
                 images.append(cache[path])
             issame.append(bool(same))
             bar.update()
     atomic.write_bytes(output, pickle.dumps((images, issame), protocol=4))
     check(output)
-    return {"pairs": len(issame), "same": sum(issame), "images": len(cache), "bytes": os.path.getsize(output)}
+    return {"pairs": len(issame), "same": sum(issame), "images": len(by_content), "bytes": os.path.getsize(output)}
 
 
 def check(path: str) -> dict:

@@ -17,13 +17,15 @@ Two layouts of a dataset's keys:
 
 * insightface: key 0 holds a header record with no image and labels (a, b): the image records are keys
   1 .. a-1 and the identity records keys a .. b-1, each identity record's labels the (start, end) range of
-  its image keys.
-* im2rec: every key is an image; the keys follow the `.lst` ids and need not start at 0.
+  its image keys. Readers find key 0 through the .idx, wherever it lies in the .rec (insightface's
+  dataset_merge.py writes it last, face2rec2.py between the images and the identity records).
+* im2rec: every key is an image; the keys follow the `.lst` ids and need not start at 0 (insightface
+  0.7.3's RecBuilder writes this too, keys from 0).
 
 For a vector label the class is the first component.
 
 The reader uses os.pread on one descriptor, so any number of threads may read at once (MXNet's
-MXIndexedRecordIO seeks a shared handle and is not thread-safe).
+MXIndexedRecordIO seeks a shared handle and is not thread-safe). FaceRecWriter writes either layout.
 """
 from __future__ import annotations
 
@@ -134,7 +136,8 @@ class RecordReader:
     offsets: int64 [n], the byte offset of each key's record.
     """
 
-    def __init__(self, rec_path: str, idx_path: str):
+    def __init__(self, rec_path: str, idx_path: str, *, check_end: bool = True):
+        """check_end=False skips the check that the last record ends the file (check-data counts it)."""
         self.rec_path, self.idx_path = rec_path, idx_path
         keys, offsets = _parse_idx(idx_path)
         try:
@@ -156,6 +159,12 @@ class RecordReader:
             self.close()
             raise DataError(f"{idx_path}: offset {self.offsets[i]} of key {self.keys[i]} is past the end of "
                             f"{rec_path} ({self.size} bytes)")
+        try:
+            if check_end:
+                self._check_last_record_ends_the_file()
+        except BaseException:
+            self.close()
+            raise
         # Where the next record starts: a good guess of how many bytes to read in one pread.
         starts = np.unique(np.append(self.offsets, self.size))
         self.spans = starts[np.searchsorted(starts, self.offsets, side="right")] - self.offsets
@@ -163,6 +172,40 @@ class RecordReader:
 
     def __len__(self) -> int:
         return int(self.keys.size)
+
+    def _check_last_record_ends_the_file(self) -> None:
+        """A .rec cut short inside its last record (an interrupted copy) keeps every idx offset inside the
+        file, so only the last record shows it: its parts must end exactly where the file ends. A few
+        preads at start-up, instead of a bad record found days into a run (or never, if it is skipped)."""
+        i = int(np.argmax(self.offsets))
+        key = int(self.keys[i])
+        end = self.record_end(int(self.offsets[i]), key, f", the last in {self.idx_path}")
+        if end != self.size:
+            raise DataError(f"{self.rec_path}: trailing bytes after the last record (record key {key}, the last "
+                            f"in {self.idx_path}): it ends at byte {end}, the file at {self.size} (an incomplete "
+                            f"copy? compare its size or md5)")
+
+    def record_end(self, offset: int, key=None, where: str = "") -> int:
+        """The byte after the record starting at `offset`: its last part and that part's padding, read from
+        the part headers alone. DataError when the record runs past the end of the file."""
+        pos = offset
+        while True:
+            head = os.pread(self._fd, _PART.size, pos)
+            if len(head) < _PART.size:  # the file ends inside a part's header
+                magic, lrec, end = MAGIC, 0, pos + _PART.size
+            else:
+                magic, lrec = _PART.unpack(head)
+                end = pos + _PART.size + ((lrec & _LENGTH_MASK) + 3 & ~3)
+            if magic != MAGIC:
+                raise DataError(f"{self.rec_path}: magic mismatch at offset {pos}{self._of(key)}: found "
+                                f"0x{magic:08x}, expected 0x{MAGIC:08x}")
+            if end > self.size or (lrec >> 29 in (1, 2) and end == self.size):  # past the end, or parts missing
+                raise DataError(f"{self.rec_path}: truncated record (record key {key}{where}): it ends at byte "
+                                f"{end} or later, the file at {self.size} (an incomplete copy? compare its size "
+                                f"or md5)")
+            if lrec >> 29 in (0, 3):  # a whole record, or its last part
+                return end
+            pos = end
 
     def __enter__(self):
         return self
@@ -308,6 +351,68 @@ class RecordWriter:
 
 
 # ---- layouts ------------------------------------------------------------------------------------------
+
+LAYOUTS = ("insightface", "recbuilder")
+
+
+class FaceRecWriter:
+    """Writes a face dataset identity by identity, in the bytes one of insightface's writers produces.
+
+    "insightface", as its dataset tool src/data/dataset_merge.py writes it: each identity's images on
+    consecutive keys from 1 (scalar label, id = key); after the last image (key a - 1) one identity record
+    per identity on keys a .. b-1 (labels (first key, end key), id = key), in label order; then the header on
+    key 0 (labels (a, b), id 0), last in the file. insightface's readers (FaceImageIter in arcface_mxnet and
+    in the partial_fc reference, MXFaceDataset in arcface_torch) find records through the .idx by key and
+    read only their labels: neither the position of key 0 in the file nor any id field is read.
+    "recbuilder", as insightface 0.7.3's RecBuilder writes it: images on keys 0 .. n-1 (scalar label,
+    id = key) and nothing else; the readers then take every key as an image.
+    """
+
+    def __init__(self, rec_path: str, idx_path: str, layout: str = "insightface"):
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+        self.layout = layout
+        self._writer = RecordWriter(rec_path, idx_path)
+        self._next = 1 if layout == "insightface" else 0
+        self._ranges: list[tuple[int, int, int]] = []   # (label, first key, end key) per identity
+        self._closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def add(self, label: int, images) -> tuple[int, int]:
+        """Write one identity's encoded images (an iterable of bytes); returns its (first key, end key)."""
+        start = self._next
+        for image in images:
+            self._writer.write(self._next, pack_image(float(label), image, id=self._next))
+            self._next += 1
+        self._ranges.append((int(label), start, self._next))
+        return start, self._next
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        if self.layout == "insightface":
+            end = self._next
+            # In class order, as dataset_merge.py writes them: with classes 0..n-1, identity record j is class j
+            # whatever order the identities' images were written in (pack --shuffle).
+            ranges = sorted(self._ranges, key=lambda r: r[0])
+            for j, (_, start, stop) in enumerate(ranges):
+                self._writer.write(end + j, pack_image([start, stop], b"", id=end + j))
+            self._writer.write(0, pack_image([end, end + len(ranges)], b""))
+        self._writer.close()
+
+    def abort(self):
+        self._closed = True
+        self._writer.abort()
+
 
 @dataclass
 class ImageIndex:

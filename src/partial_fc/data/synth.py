@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from .. import atomic
 from ..args import positive_int
-from .records import RecordWriter, pack_image
+from .records import FaceRecWriter
 
 SIZE = 112
 DEFAULT_IDENTITIES = 500
@@ -292,22 +292,16 @@ def write_dataset(output_dir: str, identities: int = DEFAULT_IDENTITIES,
     rec, idx = os.path.join(output_dir, "train.rec"), os.path.join(output_dir, "train.idx")
     # OpenCV releases the GIL while drawing, warping and encoding, so a few threads help; map() keeps the
     # order, and each image has its own generator, so the files do not depend on the thread count.
-    with ThreadPoolExecutor(max(1, workers)) as pool, RecordWriter(rec, idx) as w, \
+    # The insightface layout, byte for byte as its dataset tools write it (records.FaceRecWriter): images on
+    # keys 1.., then one identity record per class, then the header on key 0.
+    with ThreadPoolExecutor(max(1, workers)) as pool, FaceRecWriter(rec, idx) as w, \
             tqdm(total=total, desc="synth", unit="image", file=stream,
                  disable=not (stream and stream.isatty())) as bar:
         n_images = identities * images_per_identity
-        end = 1 + n_images
-        # Header record 0: images are keys 1..end-1, identity records end..end+identities-1.
-        w.write(0, pack_image([end, end + identities], b""))
         render_train = partial(_identity_images, seed, _TRAIN, range(images_per_identity), nuisance, 0.0)
         for i, encoded in enumerate(pool.map(render_train, range(identities))):
-            for k, data in enumerate(encoded):
-                key = 1 + i * images_per_identity + k
-                w.write(key, pack_image(float(i), data, id=key))
+            w.add(i, encoded)
             bar.update(images_per_identity)
-        for i in range(identities):
-            start = 1 + i * images_per_identity
-            w.write(end + i, pack_image([start, start + images_per_identity], b""))
 
         summary = {"output": output_dir, "identities": identities, "images": n_images, "sets": {}}
         for name, (split, strength, occlude) in sets.items():
