@@ -48,6 +48,9 @@ command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 "$py" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
   || need_apt+=(python3-dev)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
+# A current OpenBLAS for MXNet (see "MXNet's BLAS" below); the OpenMP build, as MXNet's own.
+system_openblas=/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0
+[ -e "$system_openblas" ] || need_apt+=(libopenblas0-openmp)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   sudo_cmd=""
@@ -96,4 +99,18 @@ fi
 
 # The project itself: editable, no dependency resolution (the venv is already pinned).
 "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$here"
+# --- MXNet's BLAS ----------------------------------------------------------------------------
+# mxnet 1.9.1 bundles OpenBLAS 0.3.13, whose CPU table predates the CPUs this project runs on: on a model it
+# does not know (newer CPUs, VMs that mask the model) it falls back to a pre-AVX kernel, and MXNet's matmuls
+# run at a third of numpy's rate (docs/performance.md, "BLAS kernel"). libmxnet.so finds libopenblas.so.0
+# next to itself (RPATH $ORIGIN), so the bundled file is swapped for a link to Debian's 0.3.21 (the same
+# OpenMP build, every symbol libmxnet takes from it); the original is kept beside it as .bundled. Without
+# Debian's library the bundled one stays, and config.prepare_libraries() picks its kernel instead.
+mxnet_blas="$("$venv/bin/python" -c 'import importlib.util, os; print(os.path.join(importlib.util.find_spec("mxnet").submodule_search_locations[0], "libopenblas.so.0"))')"
+if [ -e "$system_openblas" ] && [ "$(readlink "$mxnet_blas" || true)" != "$system_openblas" ]; then
+  [ -e "$mxnet_blas.bundled" ] || mv "$mxnet_blas" "$mxnet_blas.bundled"
+  ln -sfn "$system_openblas" "$mxnet_blas"
+  log "MXNet uses $system_openblas (bundled OpenBLAS kept as $mxnet_blas.bundled)"
+fi
+"$venv/bin/python" -c 'import mxnet' || { echo "install.sh: mxnet does not load with $mxnet_blas" >&2; exit 1; }
 log "ready: source $here/.venv/bin/activate"

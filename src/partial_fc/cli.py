@@ -139,9 +139,12 @@ def _parsed(args: argparse.Namespace) -> Command:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _chosen(argv)
-    if command is not None and command.every_core and "mxnet" not in sys.modules:
-        from .config import use_every_core
-        use_every_core()
+    if command is not None and "mxnet" not in sys.modules:
+        # Read by MXNet's native libraries once, as they load: before the command's module imports MXNet.
+        from .config import prepare_libraries, use_every_core
+        prepare_libraries()
+        if command.every_core:
+            use_every_core()
     args = build_parser(argv).parse_args(argv)
     module = importlib.import_module(_parsed(args).module)
     try:

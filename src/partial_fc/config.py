@@ -216,6 +216,123 @@ def use_every_core(environ: MutableMapping[str, str] | None = None) -> None:
         environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
 
 
+# OpenBLAS picks its kernels from the CPU model when it loads. A model missing from its table (a CPU newer than
+# the build, or a VM that masks the model) gets one of these generic pre-AVX2 kernels, a third of the speed.
+GENERIC_OPENBLAS_CORES = frozenset({"prescott", "katmai", "coppermine", "northwood", "banias", "core2", "penryn",
+                                    "dunnington", "nehalem", "atom", "unknown"})
+AVX512 = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
+
+
+def openblas_coretype(detected: str, version: tuple[int, ...], cpu_flags: set[str] | frozenset) -> str | None:
+    """The OPENBLAS_CORETYPE to force on an OpenBLAS of `version` that detected core `detected` on a CPU with
+    /proc/cpuinfo `cpu_flags`; None keeps the library's own choice (a core it recognised stays as it is).
+
+    Measured (docs/performance.md, "BLAS kernel"), [128, 512] x [512, 1e5]^T on a 2-core AVX-512 Xeon whose
+    model OpenBLAS 0.3.13 does not know: 0.3.13's SkylakeX kernel ran at 29 GFLOP/s, its Haswell one at 134;
+    0.3.21's SkylakeX at 193, its Haswell at 151. Hence SkylakeX only from 0.3.21 on, Haswell otherwise."""
+    if detected.strip().lower() not in GENERIC_OPENBLAS_CORES:
+        return None
+    if AVX512 <= cpu_flags and version >= (0, 3, 21):
+        return "SkylakeX"
+    if {"avx2", "fma"} <= cpu_flags:
+        return "Haswell"
+    return None
+
+
+def prepare_libraries(environ: MutableMapping[str, str] | None = None) -> dict:
+    """Settings that MXNet's native libraries read once, when they load; every entry point (cli.main, the test
+    session) calls this before anything imports MXNet. Returns what it set, {} when nothing.
+
+    OPENBLAS_CORETYPE: when MXNet's OpenBLAS does not recognise this CPU (openblas_coretype), it gets the best
+    kernel the CPU runs, unless the user set one. numpy is imported first so that its own OpenBLAS, a separate
+    library that reads the same variable, keeps the kernel it chose itself."""
+    environ = os.environ if environ is None else environ
+    chosen = {}
+    if "OPENBLAS_CORETYPE" not in environ:
+        import numpy
+        del numpy  # imported for its effect: numpy's OpenBLAS loads with its own kernel choice
+        probed = _probe_mxnet_openblas()
+        if probed is not None:
+            core = openblas_coretype(probed["core"], probed["version"], _cpu_flags())
+            if core is not None:
+                chosen["OPENBLAS_CORETYPE"] = core
+    environ.update(chosen)
+    _prepared.update(chosen)
+    return chosen
+
+
+_prepared: dict = {}  # what prepare_libraries set in this process
+
+
+def blas_kernel_choice(environ: Mapping[str, str] | None = None) -> str:
+    """One line for benchmark headers: the OPENBLAS_CORETYPE in force and who chose it."""
+    environ = os.environ if environ is None else environ
+    value = environ.get("OPENBLAS_CORETYPE")
+    if value is None:
+        return "OPENBLAS_CORETYPE unset (each OpenBLAS picked its kernel from the CPU)"
+    who = "chosen by partial-fc: MXNet's OpenBLAS did not recognise this CPU" if _prepared.get(
+        "OPENBLAS_CORETYPE") == value else "set in the environment"
+    return f"OPENBLAS_CORETYPE={value} ({who})"
+
+
+def _cpu_flags() -> frozenset:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+_PROBE = """
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+for name in ("openblas_get_corename", "openblas_get_config"):
+    getattr(lib, name).restype = ctypes.c_char_p
+print(lib.openblas_get_corename().decode(), lib.openblas_get_config().decode(), sep="\\n")
+"""
+
+
+def mxnet_openblas_path() -> str | None:
+    """The OpenBLAS that libmxnet.so loads (the libopenblas.so.0 beside it), found without importing MXNet."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mxnet")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "libopenblas.so.0")
+    return path if os.path.exists(path) else None
+
+
+def _probe_mxnet_openblas() -> dict | None:
+    path = mxnet_openblas_path()
+    return None if path is None else probe_openblas(path)
+
+
+def probe_openblas(path: str, coretype: str | None = None) -> dict | None:
+    """{"core", "version", "path"} of the OpenBLAS at `path` as it loads here (with OPENBLAS_CORETYPE=coretype
+    when given), read in a child process: a library reads the variable only when it loads, so this process
+    must not load it first. None when it cannot be read."""
+    import re
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_VERBOSE", "OPENBLAS_CORETYPE")}
+    if coretype is not None:
+        env["OPENBLAS_CORETYPE"] = coretype
+    try:
+        out = subprocess.run([sys.executable, "-S", "-c", _PROBE, path], capture_output=True, text=True,
+                             timeout=30, env=env, check=True).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"OpenBLAS (\d+)\.(\d+)\.(\d+)", out[1] if len(out) > 1 else "")
+    if not out or match is None:
+        return None
+    return {"core": out[0], "version": tuple(int(g) for g in match.groups()), "path": os.path.realpath(path)}
+
+
 def load(environ: Mapping[str, str] | None = None, **overrides) -> Config:
     """Build the Config from PFC_* variables of `environ` (default: os.environ), then `overrides`."""
     environ = os.environ if environ is None else environ

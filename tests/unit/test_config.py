@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -79,3 +80,72 @@ def test_importing_config_and_cli_does_not_load_mxnet():
     code = "import sys, partial_fc.config, partial_fc.cli; print('mxnet' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# --- MXNet's BLAS kernel (config.prepare_libraries) ----------------------------------------------------------
+
+AVX2 = {"avx", "avx2", "fma", "sse4_2"}
+
+
+@pytest.mark.parametrize("detected, version, flags, chosen", [
+    ("SkylakeX", (0, 3, 21), AVX2 | config.AVX512, None),        # recognised: left alone
+    ("Zen", (0, 3, 13), AVX2, None),
+    ("Prescott", (0, 3, 21), AVX2 | config.AVX512, "SkylakeX"),  # measured fastest on 0.3.21 (docstring)
+    ("Prescott", (0, 3, 13), AVX2 | config.AVX512, "Haswell"),   # 0.3.13's SkylakeX kernel ran at a fifth of it
+    ("Prescott", (0, 3, 21), AVX2, "Haswell"),
+    ("Nehalem", (0, 3, 21), {"sse4_2", "avx"}, None),           # nothing better that this CPU runs
+])
+def test_openblas_kernel_choice(detected, version, flags, chosen):
+    assert config.openblas_coretype(detected, version, frozenset(flags)) == chosen
+
+
+def test_prepare_libraries_keeps_a_kernel_the_user_chose_and_sets_one_only_when_detection_failed(monkeypatch):
+    env = {"OPENBLAS_CORETYPE": "Zen"}
+    assert config.prepare_libraries(env) == {} and env == {"OPENBLAS_CORETYPE": "Zen"}
+    monkeypatch.setattr(config, "_cpu_flags", lambda: frozenset(AVX2))
+    monkeypatch.setattr(config, "_probe_mxnet_openblas", lambda: {"core": "Prescott", "version": (0, 3, 13)})
+    env = {}
+    assert config.prepare_libraries(env) == {"OPENBLAS_CORETYPE": "Haswell"} and env["OPENBLAS_CORETYPE"] == "Haswell"
+    monkeypatch.setattr(config, "_probe_mxnet_openblas", lambda: {"core": "Haswell", "version": (0, 3, 21)})
+    env = {}
+    assert config.prepare_libraries(env) == {} and env == {}
+
+
+def _loaded_openblas_core(code: str) -> str:
+    """The core of the OpenBLAS libmxnet.so loaded in a fresh interpreter that ran `code` first."""
+    import subprocess
+    import sys
+    script = code + (
+        "\nimport ctypes, os, mxnet\n"
+        "lib = ctypes.CDLL(os.path.join(os.path.dirname(mxnet.__file__), 'libopenblas.so.0'), mode=os.RTLD_NOLOAD)\n"
+        "lib.openblas_get_corename.restype = ctypes.c_char_p\n"
+        "print(lib.openblas_get_corename().decode())\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.strip().splitlines()[-1]
+
+
+def test_mxnet_runs_a_kernel_made_for_this_cpu_after_prepare_libraries():
+    """End to end in a fresh process, as cli.main starts: MXNet's OpenBLAS runs a kernel that this CPU's
+    vector units fit, not a generic pre-AVX2 fallback (what MXNet's bundled 0.3.13 picks on CPUs it does not
+    know, at a third of the speed)."""
+    if not {"avx2", "fma"} <= config._cpu_flags():
+        pytest.skip("a CPU without AVX2: the generic kernels are the right ones")
+    core = _loaded_openblas_core("from partial_fc.config import prepare_libraries; prepare_libraries()")
+    assert core.lower() not in config.GENERIC_OPENBLAS_CORES, core
+
+
+def test_a_chosen_kernel_is_the_one_the_library_then_runs():
+    """For every OpenBLAS that MXNet may load here (the installed one, and the bundled one install.sh keeps
+    beside it): when the choice overrides its detection, the library loaded with the choice reports it."""
+    path = config.mxnet_openblas_path()
+    if path is None:
+        pytest.skip("mxnet ships no libopenblas.so.0 here")
+    candidates = [p for p in (path, path + ".bundled") if os.path.exists(p)]
+    for lib in candidates:
+        probed = config.probe_openblas(lib)
+        assert probed is not None and probed["version"] >= (0, 3, 13), (lib, probed)
+        chosen = config.openblas_coretype(probed["core"], probed["version"], config._cpu_flags())
+        if chosen is not None:
+            assert config.probe_openblas(lib, coretype=chosen)["core"] == chosen, lib

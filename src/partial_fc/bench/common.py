@@ -97,6 +97,8 @@ def machine_info() -> dict:
         "process_threads": _process_threads(),
         # Reported, not set: the launch environment decides these (config.sh / the user's shell).
         "thread_settings": config.thread_settings(),
+        "mxnet_blas": os.path.realpath(config.mxnet_openblas_path() or "") or None,
+        "blas_kernel_choice": config.blas_kernel_choice(),
     }
 
 
@@ -177,6 +179,7 @@ def machine_lines(m: dict) -> list[str]:
         f"machine: {m.get('cpu_model') or 'unknown CPU'}, {m['cpu_count']} CPUs ({m['cpus_usable']} usable); mxnet {m['mxnet']} "
         f"[{' '.join(m['mxnet_features'])}]; numpy {m['numpy']} [{m['numpy_blas']}]",
         *(f"blas: {name}: {b['threads']} threads, {b.get('config', '?')}" for name, b in m["blas"].items()),
+        f"mxnet's blas: {m.get('mxnet_blas') or 'none found'}; {m.get('blas_kernel_choice')}",
         f"thread settings: {settings}; process threads after the run: {m['process_threads']}",
     ]
 
