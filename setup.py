@@ -20,7 +20,7 @@ def row_update_extension() -> Extension:
         raise SystemExit(f"setup.py: {lib_api} is missing; this mxnet build ships no custom-operator API")
     return Extension(
         "partial_fc.head.native._row_update",
-        sources=["src/partial_fc/head/native/row_update.cc", lib_api],
+        sources=["src/partial_fc/head/native/row_update.cc", "src/partial_fc/head/native/kernels.cc", lib_api],
         include_dirs=[os.path.join(root, "include")],
         language="c++",
         # No FMA contraction: the operator must round exactly as MXNet's own sgd_mom_update.

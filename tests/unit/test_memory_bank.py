@@ -147,6 +147,31 @@ def test_native_row_update_equals_stock_operators_bit_for_bit(monkeypatch):
     assert not np.array_equal(wn[sample.index], w[sample.index])
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_projected_update_native_equals_stock_and_float64(full, monkeypatch):
+    """update_rows(project=True) applies the tangent part of the gradient, g - w (g.w)/(w.w): in the native
+    update's pass on a float32 CPU bank, through kernels.tangent elsewhere. Both against float64 math."""
+    w, m, (native_bank, stock_bank) = _float32_banks()
+    rng = np.random.default_rng(5)
+    index = np.arange(50) if full else np.sort(rng.choice(50, 23, replace=False))
+    sample = Sample(index=index, labels=np.zeros(0, np.int64), full=full)
+    g = rng.standard_normal((index.size, 7)).astype(np.float32)
+    native_bank.update_rows(sample, 0, index.size, mx.nd.array(g), 0.1, project=True)
+    with monkeypatch.context() as mp:
+        mp.setattr(native, "_native", {"cpu": None})
+        stock_bank.update_rows(sample, 0, index.size, mx.nd.array(g), 0.1, project=True)
+    w64, m64, g64 = w[index].astype(np.float64), m[index].astype(np.float64), g.astype(np.float64)
+    t = g64 - w64 * ((g64 * w64).sum(1) / (w64 * w64).sum(1))[:, None]
+    assert np.abs((t * w64).sum(1)).max() < 1e-9                 # the reference really is tangent
+    mom = 0.9 * m64 - 0.1 * (t + 5e-4 * w64)
+    for bank in (native_bank, stock_bank):
+        wn, mn = bank.numpy()
+        np.testing.assert_allclose(mn[index], mom, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(wn[index], w64 + mom, rtol=1e-5, atol=1e-6)
+        untouched = np.setdiff1d(np.arange(50), index)
+        assert np.array_equal(wn[untouched], w[untouched])
+
+
 def test_native_row_update_loads_after_horovod():
     """horovod.mxnet puts libmxnet's own lib_api symbols in the global scope; the library must still bind to
     its own copy (it once crashed MXNet on load there). A fresh process, so the import order is the trainer's."""
@@ -154,8 +179,8 @@ def test_native_row_update_loads_after_horovod():
             "from partial_fc.head import native\n"
             "op = native.native_row_update(mx.cpu())\n"
             "w, m = mx.nd.zeros((4, 2)), mx.nd.zeros((4, 2))\n"
-            "rows, grad = 3 * mx.nd.ones((1, 2)), mx.nd.ones((1, 2))\n"
-            "op(w, m, rows, grad, mx.nd.array([2], dtype='int64'), lr=1, momentum=0, wd=0)\n"
+            "w[2] = 3\n"
+            "op(w, m, mx.nd.ones((1, 2)), mx.nd.array([2], dtype='int64'), lr=1, momentum=0, wd=0)\n"
             "print(w.asnumpy()[:, 0].tolist(), m.asnumpy()[:, 0].tolist())\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, f"exit {run.returncode}: {run.stderr[-2000:]}"
@@ -166,17 +191,17 @@ def test_native_row_update_rejects_bad_input():
     op = native.native_row_update(mx.cpu())
     assert op is not None, "the native row update is not built"
     w, m = mx.nd.zeros((5, 3)), mx.nd.zeros((5, 3))
-    rows, grad = mx.nd.ones((2, 3)), mx.nd.ones((2, 3))
+    grad = mx.nd.ones((2, 3))
     kw = dict(lr=0.1, momentum=0.9, wd=0.0)
     with pytest.raises(mx.base.MXNetError, match="index 5 outside the bank's 5 rows"):
-        op(w, m, rows, grad, mx.nd.array([1, 5], dtype=np.int64), **kw)
+        op(w, m, grad, mx.nd.array([1, 5], dtype=np.int64), **kw)
         mx.nd.waitall()
     with pytest.raises(mx.base.MXNetError, match="index must be int64"):
-        op(w, m, rows, grad, mx.nd.array([1, 2], dtype=np.int32), **kw)
-    with pytest.raises(mx.base.MXNetError, match="rows = grad"):
-        op(w, m, rows, mx.nd.ones((2, 4)), mx.nd.array([1, 2], dtype=np.int64), **kw)
+        op(w, m, grad, mx.nd.array([1, 2], dtype=np.int32), **kw)
+    with pytest.raises(mx.base.MXNetError, match=r"grad \[S, D\]"):
+        op(w, m, mx.nd.ones((2, 4)), mx.nd.array([1, 2], dtype=np.int64), **kw)
     with pytest.raises(mx.base.MXNetError, match="attribute 'wd' is required"):
-        op(w, m, rows, grad, mx.nd.array([1, 2], dtype=np.int64), lr=0.1, momentum=0.9)
+        op(w, m, grad, mx.nd.array([1, 2], dtype=np.int64), lr=0.1, momentum=0.9)
     assert not w.asnumpy().any() and not m.asnumpy().any()   # nothing was written by a rejected call
 
 

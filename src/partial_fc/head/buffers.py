@@ -17,8 +17,8 @@ import mxnet as mx
 class StepBuffers:
     """The large arrays of one step."""
     key: tuple                  # (N, S, D, kept): what the arrays were made for
-    cos: mx.nd.NDArray          # [N, S] cosines; later dcos_t (as [S, N]) and scratch for the radial term
-    work: mx.nd.NDArray         # [N, S] logits, then exp, dz and dcos, in place
+    cos: mx.nd.NDArray          # [N, S] cosines, then (in place) the logits / s and their exp
+    work: mx.nd.NDArray         # [N, S] as [S, N]: dL/dcos / |w|, transposed
     kept: mx.nd.NDArray | None  # [S, D] gathered float32 centers (float32 device bank, sample not full)
 
 

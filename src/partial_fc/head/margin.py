@@ -65,18 +65,9 @@ def margin_logits(cos: mx.nd.NDArray, labels, margin: Margin, out: mx.nd.NDArray
     Returns (z [N, S], cache) where cache feeds margin_backward. The targets are written in place, so no
     [N, S] one-hot exists: at 10 M classes each [N, S] array is hundreds of MB.
     """
-    labels = np.asarray(labels.asnumpy() if isinstance(labels, mx.nd.NDArray) else labels)
-    n = cos.shape[0]
-    z = mx.nd._internal._mul_scalar(cos, scalar=margin.s, out=out)
-    rows = np.flatnonzero(labels >= 0)
-    if rows.size == 0:
-        return z, MarginCache(None, None, mx.nd.zeros((n,), ctx=cos.context, dtype=cos.dtype))
-    targets = mx.nd.array(np.stack([rows, labels[rows]]), ctx=cos.context, dtype=np.int64)
-    z_y, slope = margin.target(mx.nd.gather_nd(cos, targets))
-    set_entries(z, targets, z_y)
-    # Every row's target logit in one [N] vector (0 off-shard), what the packed allreduce sums over ranks.
-    target_logit = mx.nd.scatter_nd(z_y, targets[0:1], shape=(n,))
-    return z, MarginCache(targets, slope, target_logit)
+    z = cos.copyto(out) if out is not None else cos.copy()
+    cache = mark_targets(z, labels, margin)
+    return mx.nd._internal._mul_scalar(z, scalar=margin.s, out=z), cache
 
 
 def margin_backward(dz: mx.nd.NDArray, cache: MarginCache, margin: Margin,
@@ -88,3 +79,21 @@ def margin_backward(dz: mx.nd.NDArray, cache: MarginCache, margin: Margin,
     if dz_y is not None:
         set_entries(dcos, cache.targets, dz_y * cache.slope)
     return dcos
+
+
+def mark_targets(cos: mx.nd.NDArray, labels, margin: Margin) -> MarginCache:
+    """The margin in place, for the operator: each target entry of cos [N, S] becomes z_y / s, so that s * cos is
+    the whole logit matrix of margin_logits without a second [N, S] array. labels as in margin_logits.
+
+    Returns the cache (targets, slope, target_logit [N]: z_y where the row's target is on this shard, 0
+    elsewhere, what the packed allreduce sums over ranks) that margin_backward and the operator's fused
+    softmax gradient read."""
+    labels = np.asarray(labels.asnumpy() if isinstance(labels, mx.nd.NDArray) else labels)
+    n = cos.shape[0]
+    rows = np.flatnonzero(labels >= 0)
+    if rows.size == 0:
+        return MarginCache(None, None, mx.nd.zeros((n,), ctx=cos.context, dtype=cos.dtype))
+    targets = mx.nd.array(np.stack([rows, labels[rows]]), ctx=cos.context, dtype=np.int64)
+    z_y, slope = margin.target(mx.nd.gather_nd(cos, targets))
+    set_entries(cos, targets, z_y / margin.s)
+    return MarginCache(targets, slope, mx.nd.scatter_nd(z_y, targets[0:1], shape=(n,)))

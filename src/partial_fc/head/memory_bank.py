@@ -20,6 +20,7 @@ from __future__ import annotations
 import mxnet as mx
 import numpy as np
 
+from . import kernels
 from .native import native_row_update, release_free_memory
 from .precision import CONVERT_ROWS, as_storage, check_dtype, from_float32, itemsize, storage_numpy_dtype, to_float32
 from .sampler import Sample
@@ -179,14 +180,21 @@ class MemoryBank:
         self.update_rows(sample, 0, sample.index.size, grad, lr)
 
     def update_rows(self, sample: Sample, lo: int, hi: int, grad: mx.nd.NDArray, lr: float,
-                    rows: mx.nd.NDArray | None = None) -> None:
+                    rows: mx.nd.NDArray | None = None, project: bool = False) -> None:
         """SGD step on the sampled rows index[lo:hi]; grad float32 [hi - lo, D].
 
         rows: those rows' current centers as float32, if the caller already gathered them with gather_rows
-        (the bank then skips a second gather; the array may be overwritten). Host storage and a full sample of
-        a float32 device bank update the shard in place and ignore it."""
+        (the bank then skips a second gather; the array may be overwritten). Host storage and a float32 device
+        bank update the shard in place and ignore it.
+        project: grad is taken before the center normalisation's projection, and the step applies its part
+        tangent to each row's sphere, kernels.tangent(grad, w) (in the native update's one pass over the rows
+        when the bank is a float32 CPU one)."""
+        native = self.dtype == "float32" and self.storage == "device" and native_row_update(self.ctx) is not None
+        if project and not native:
+            rows = rows if rows is not None else self.gather_rows(sample, lo, hi)
+            grad, project = kernels.tangent(grad, rows), False
         if self.dtype == "float32":
-            self._update_float32(sample, lo, hi, grad, lr, rows)
+            self._update_float32(sample, lo, hi, grad, lr, rows, project)
             return
         w = rows if rows is not None else self.gather_rows(sample, lo, hi)
         m = self._take(self.mom, sample, lo, hi)
@@ -206,20 +214,24 @@ class MemoryBank:
         self._put(self.mom, index, sample.full, from_float32(m, self.dtype))
 
     def _update_float32(self, sample: Sample, lo: int, hi: int, grad: mx.nd.NDArray, lr: float,
-                        rows: mx.nd.NDArray | None = None) -> None:
+                        rows: mx.nd.NDArray | None = None, project: bool = False) -> None:
         whole = (lo, hi) == (0, self.weight.shape[0])
         if self.storage == "device":
             kw = dict(lr=lr, momentum=self.momentum, wd=self.wd)
+            if project:  # only with the native update (update_rows): it projects as it updates, in place
+                idx = _index(sample.index[lo:hi], self.ctx)
+                native_row_update(self.ctx)(self.weight, self.mom, grad, idx, project=1, **kw)
+                return
             if sample.full:
                 w, m = (self.weight, self.mom) if whole else (self.weight[lo:hi], self.mom[lo:hi])
                 mx.nd.sgd_mom_update(w, grad, m, out=w, **kw)  # in place (slices are views of the shard)
                 return
             idx = _index(sample.index[lo:hi], self.ctx)
-            w = rows if rows is not None else mx.nd.take(self.weight, idx)
             update_in_place = native_row_update(self.ctx)
             if update_in_place is not None:
-                update_in_place(self.weight, self.mom, w, grad, idx, **kw)
+                update_in_place(self.weight, self.mom, grad, idx, **kw)
                 return
+            w = rows if rows is not None else mx.nd.take(self.weight, idx)
             # Stock operators: update gathered copies of the rows, then scatter both back (twice the traffic).
             m = mx.nd.take(self.mom, idx)
             mx.nd.sgd_mom_update(w, grad, m, out=w, **kw)  # updates m in place too

@@ -38,12 +38,13 @@ def bank_bytes(count: int, dim: int, dtype: str = "float32") -> int:
     return 2 * int(count) * int(dim) * itemsize(dtype)
 
 
-# [N, S] float32 arrays alive at once at the operator's peak: the cosines, and the buffer that the logits,
-# their exp and gradients overwrite in place (operator.py).
+# [N, S] float32 arrays alive at once at the operator's peak: the cosines (which the logits and their exp
+# overwrite in place) and the transposed logit gradient (operator.py).
 LIVE_LOGITS = 2
 # float32 [rows, D] arrays alive per chunk of sampled rows: the center gradient (two buffers used in turn),
-# the projection scratch, and the chunk's gathered centers and momentum. (A float32 CPU bank's native update
-# gathers no momentum; the plan keeps the stock operators' count, which GPU banks use.)
+# the stock projection's temporary, and the chunk's gathered centers and momentum. (A float32 CPU bank's
+# native update projects in place and gathers no momentum; the plan keeps the stock operators' count, which
+# GPU banks use.)
 LIVE_CHUNKS = 5
 
 

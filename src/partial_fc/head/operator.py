@@ -6,11 +6,12 @@ One step of the global batch of N = B * W rows (W workers), as named stages (doc
     sample            this shard's S centers: every positive, plus uniformly drawn negatives
     cosines           cos [N, S] between the normalised features and the normalised sampled centers
     softmax           margin logits, then the softmax over every rank's columns: allreduce Max, one packed
-                      allreduce Sum, and the local gradient dL/dcos
+                      allreduce Sum, and the local gradient dL/dcos (transposed, scaled by 1/|w|)
     feature gradient  dL/dF back through the cosines and the normalisations, reduce-scattered to its ranks
-    update            (update()) sparse SGD with momentum on the sampled centers, in the memory bank
+    update            (update()) the center gradient, chunk by chunk, and sparse SGD with momentum on the
+                      sampled centers, in the memory bank
 
-The math of each stage lives in sampler / margin / softmax or here as plain NDArray algebra; every
+The math of each stage lives in sampler / margin / softmax / kernels or here as plain NDArray algebra; every
 collective goes through the communicator with a stable name. There is one code path: r = 1.0 only changes
 which rows go in.
 
@@ -19,8 +20,8 @@ gradient returned to rank k is dL/df for its own B rows, so the backbone's param
 over ranks of what each rank back-propagates (an averaging allreduce must be compensated by W).
 
 Memory: the sampled rows are handled in row chunks (memory_plan.chunk_rows_for), so that besides the bank
-the step holds two [N, S] float32 arrays (the cosines, and one buffer that the logits, their exp and
-gradients overwrite in place) and a few chunk-sized ones. A float32 device bank gathers its sampled rows
+the step holds two [N, S] float32 arrays (the cosines, which the logits and their exp overwrite in place,
+and the transposed gradient) and a few chunk-sized ones. A float32 device bank gathers its sampled rows
 once per step into one float32 [S, D] copy (the shard itself at r = 1.0) that the three passes share; a
 compact (float16 / bfloat16) or host bank with several chunks gathers each again for the feature gradient
 and for the update, so it never holds an [S, D] float32 copy (at 10 M classes on 2 ranks, S = 500 k rows of
@@ -37,9 +38,9 @@ from dataclasses import dataclass, field
 import mxnet as mx
 import numpy as np
 
-from . import softmax
+from . import kernels, softmax
 from .buffers import Alternating, BufferPool, StepBuffers
-from .margin import Margin, margin_backward, margin_logits
+from .margin import Margin, mark_targets
 from .memory_bank import MemoryBank
 from .memory_plan import chunk_rows_for
 from .sampler import CenterSampler, Sample
@@ -52,12 +53,11 @@ class _Work:
     sample: Sample
     chunks: list                    # [(lo, hi)] row ranges of the sample
     buffers: StepBuffers            # handed back to the pool once update() applied the step
-    scratch: mx.nd.NDArray          # float32 [chunk rows, D] for elementwise work on a chunk of centers
     kept: mx.nd.NDArray | None      # float32 [S, D] sampled centers kept for the whole step, or None:
                                     # gathered from the bank chunk by chunk in each pass
     Fh: mx.nd.NDArray | None = None       # [N, D] normalised features
+    w_inv: mx.nd.NDArray | None = None    # [S] 1 / |w| of the sampled centers
     dcos_t: mx.nd.NDArray | None = None   # [S, N] dL/dcos scaled by 1/|w|, transposed: a chunk is a row block
-    radial: mx.nd.NDArray | None = None   # [S] sum_n dcos_ns cos_ns / |w_s|^2
 
 
 @dataclass
@@ -67,8 +67,8 @@ class FCStep:
     loss:         mean cross-entropy over the global batch (the same number on every rank)
     feature_grad: float32 [B, D], dL/df for this rank's own rows
     sample:       the centers this rank used (Sample.index into its shard)
-    center_grad:  float32 [S, D], dL/dw for those centers (a property: formed on first use; when the step
-                  ran in chunks it is only available before update(), which applies it chunk by chunk)
+    center_grad:  float32 [S, D], dL/dw for those centers (a property, formed on first use; only before
+                  update(), which forms and applies it chunk by chunk)
     """
     loss: float
     feature_grad: mx.nd.NDArray
@@ -81,8 +81,8 @@ class FCStep:
     def center_grad(self) -> mx.nd.NDArray:
         if self._center_grad is None:
             if self._work is None:
-                raise RuntimeError("the center gradient of a step run in chunks is gone once update() applied "
-                                   "it; read center_grad before update()")
+                raise RuntimeError("the center gradient of a step is gone once update() applied it; read "
+                                   "center_grad before update()")
             self._center_grad = self._op.center_grad(self)
         return self._center_grad
 
@@ -129,10 +129,9 @@ class PartialFC:
             f_norm = mx.nd.norm(F, axis=1, keepdims=True)          # [N, 1]
             Fh = mx.nd.broadcast_div(F, f_norm)
         work = self._begin(N, sample)
-        cos, w_inv = self._cosines(Fh, work)                       # [N, S], [S]
-        loss, dcos = self._distributed_softmax(cos, work, N)      # dL/dcos [N, S], in the logits' buffer
         work.Fh = Fh
-        work.dcos_t, work.radial = self._through_center_norms(dcos, cos, w_inv)
+        cos, work.w_inv = self._cosines(Fh, work)                  # [N, S], [S]
+        loss, work.dcos_t = self._distributed_softmax(cos, work, N)  # [S, N]: dL/dcos, transposed, / |w|
         dF = self._feature_grad(work, f_norm)                      # [N, D]: this shard's part, every row
         with self._phase("scatter"):
             # Horovod: each rank's classes contribute to every row; sum them and keep our own B rows.
@@ -140,21 +139,24 @@ class PartialFC:
         return FCStep(loss=float(loss), feature_grad=dF_local, sample=sample, _op=self, _work=work)
 
     def update(self, out: FCStep, lr: float) -> None:
-        """Apply the center gradient of `out` to the sampled rows of the memory bank, chunk by chunk."""
+        """Apply the center gradient of `out` to the sampled rows of the memory bank, chunk by chunk.
+
+        Each chunk's gradient dcos_t . Fh [rows, D] is formed just before the bank applies it, so a step of
+        many chunks never holds the whole [S, D] gradient; the bank projects it onto the tangent of the
+        center's sphere (docs/design.md §3 step 8) as it updates the rows."""
         work = out._work
         if work is None:
             raise RuntimeError("this step's center gradient was already applied")
-        grads = Alternating(work.scratch.shape, self.ctx) if len(work.chunks) > 1 else None
+        D = self.embedding_size
+        grads = Alternating((work.chunks[0][1], D), self.ctx)
         for lo, hi in work.chunks:
             w = self._centers(work, lo, hi)
-            if grads is None:
-                dw = out.center_grad  # one chunk: formed once and kept, tests and callers may read it afterwards
-            else:
-                dw = self._center_grad_rows(work, lo, hi, w, out=grads.take((hi - lo, work.scratch.shape[1])))
+            with self._phase("matmul"):
+                g = mx.nd.dot(work.dcos_t[lo:hi], work.Fh, out=grads.take((hi - lo, D)))
             with self._phase("update"):
                 # w (a float32 copy of the rows, or a view of a float32 shard) is the update's input, so the
-                # bank does not gather the rows a second time; the update overwrites it.
-                self.bank.update_rows(work.sample, lo, hi, dw, lr, rows=w)
+                # bank does not gather the rows a second time; the update may overwrite it.
+                self.bank.update_rows(work.sample, lo, hi, g, lr, rows=w, project=True)
         out._work = None
         self._pool.give_back(work.buffers)  # the next step reuses them
 
@@ -182,9 +184,9 @@ class PartialFC:
 
         The product is taken with the centers as stored and then scaled by 1/|w| per column: one [N, S] pass
         instead of normalising the [S, D] centers."""
-        N, S, D = Fh.shape[0], work.sample.index.size, self.embedding_size
+        N, S = Fh.shape[0], work.sample.index.size
         cos = work.buffers.cos
-        sq_norm = mx.nd.empty((S, 1), ctx=self.ctx)               # |w|^2 of the sampled centers
+        w_inv = mx.nd.empty((S,), ctx=self.ctx)
         # All rows at hand (kept, or one chunk): one product straight into cos, as fast as a plain matmul.
         # Otherwise a product per chunk, copied into its columns.
         products = Alternating((N, work.chunks[0][1]), self.ctx) if work.kept is None and len(work.chunks) > 1 \
@@ -192,9 +194,7 @@ class PartialFC:
         for lo, hi in work.chunks:
             w = self._centers(work, lo, hi)
             with self._phase("normalise"):
-                # |w|^2 as a product of the squares with a ones vector: MXNet's row reductions (norm, sum over
-                # an axis) run several times slower than its BLAS on CPU.
-                mx.nd.dot(mx.nd.square(w, out=work.scratch[:hi - lo]), self._pool.ones(D, 1), out=sq_norm[lo:hi])
+                kernels.inv_row_norms(w, out=w_inv[lo:hi])
             if products is not None:
                 with self._phase("matmul"):
                     cos[:, lo:hi] = mx.nd.dot(Fh, w, transpose_b=True, out=products.take((N, hi - lo)))
@@ -204,46 +204,32 @@ class PartialFC:
             with self._phase("matmul"):
                 mx.nd.dot(Fh, work.kept, transpose_b=True, out=cos)
         with self._phase("normalise"):
-            w_inv = mx.nd.rsqrt(sq_norm).reshape((S,))
-            mx.nd.broadcast_mul(cos, w_inv.expand_dims(0), out=cos)
+            kernels.scale_columns(cos, w_inv)
         return cos, w_inv
 
     def _distributed_softmax(self, cos, work: _Work, N: int):
-        """Mean margin softmax cross-entropy over every rank's columns, and dL/dcos [N, S].
+        """Mean margin softmax cross-entropy over every rank's columns, and dL/dcos, transposed and scaled by
+        1/|w| per center: [S, N] (what the feature and center gradients multiply).
 
-        The two collectives sit between local pieces of math (softmax.py): the global row max, then the row
-        sums of exp and the target logits in one packed sum. From the exp on, the [N, S] work runs in place in
-        the logits' buffer; cos is left as it is (the radial term of the center gradient needs it)."""
+        The two collectives sit between local pieces of math (softmax.py). The logits are s * cos with the
+        targets' margins written into cos (mark_targets); from there the [N, S] work runs in place in cos's
+        buffer, and the gradient is written transposed into the step's second [N, S] buffer."""
+        s, S = self.margin.s, cos.shape[1]
         with self._phase("softmax"):
-            z, cache = margin_logits(cos, work.sample.labels, self.margin, out=work.buffers.work)
-            local_max = softmax.row_max(z)
+            cache = mark_targets(cos, work.sample.labels, self.margin)
+            local_max = softmax.row_max(cos) * s
         with self._phase("exchange"):
             M = self.comm.allreduce(local_max, "max", "pfc.logits_max")            # Horovod: global row max
         with self._phase("softmax"):
-            e = softmax.shifted_exp(z, M, out=z)
-            local = softmax.sum_exp_and_target(e, cache.target_logit)
+            e = cos
+            local = softmax.pack(softmax.exp_and_row_sums(e, s, M), cache.target_logit)
         with self._phase("exchange"):
             packed = self.comm.allreduce(local, "sum", "pfc.sum_exp_target")      # Horovod: one packed sum
             loss = softmax.loss_per_row(packed, M).mean().asscalar()
         with self._phase("softmax"):
-            dz = softmax.logits_grad(e, packed, cache.targets, 1.0 / N, out=e)
-            dcos = margin_backward(dz, cache, self.margin, out=dz)
-        return loss, dcos
-
-    def _through_center_norms(self, dcos, cos, w_inv):
-        """What the center gradient needs of dL/dcos, given cos = f^.w / |w|: dL/dw = (dcos^T f^ - w radial)/|w|
-        with radial_s = sum_n dcos_ns cos_ns / |w_s|. Returns (dcos_t [S, N] = dcos^T / |w|, radial / |w| [S]),
-        both in cos's buffer or small; cos is used up."""
-        N, S = cos.shape
-        with self._phase("normalise"):
-            # The column sum as a product with a ones row; cos's buffer holds the elementwise product.
-            radial = mx.nd.dot(self._pool.ones(1, N), mx.nd.elemwise_mul(dcos, cos, out=cos)).reshape((S,))
-            radial = radial * w_inv * w_inv
-            # Transposed into cos's buffer: a chunk of sampled rows is then a contiguous row block of it (no
-            # column copies), and dw = dcos_t . Fh is a plain product.
-            dcos_t = mx.nd.transpose(dcos, out=cos.reshape((S, N)))
-            mx.nd.broadcast_mul(dcos_t, w_inv.expand_dims(1), out=dcos_t)
-        return dcos_t, radial
+            dcos_t = softmax.cosine_grad_t(e, packed, 1.0 / N, s, work.w_inv, cache.targets, cache.slope,
+                                           out=work.buffers.work.reshape((S, N)))
+        return loss, dcos_t
 
     def _feature_grad(self, work: _Work, f_norm):
         """dL/dF [N, D] of this shard's columns: back through the cosines, then the feature normalisation."""
@@ -263,14 +249,12 @@ class PartialFC:
             return mx.nd.broadcast_div(dFh - mx.nd.broadcast_mul(Fh, mx.nd.sum(Fh * dFh, axis=1, keepdims=True)),
                                        f_norm)
 
-    def _center_grad_rows(self, work: _Work, lo: int, hi: int, w, out=None) -> mx.nd.NDArray:
-        """dL/dw of sampled rows [lo, hi) (float32 [hi - lo, D]) given those rows' centers w; into `out`."""
+    def _center_grad_rows(self, work: _Work, lo: int, hi: int, w) -> mx.nd.NDArray:
+        """dL/dw of sampled rows [lo, hi) (float32 [hi - lo, D]) given those rows' centers w."""
         with self._phase("matmul"):
-            dw = mx.nd.dot(work.dcos_t[lo:hi], work.Fh, out=out)
+            g = mx.nd.dot(work.dcos_t[lo:hi], work.Fh)
         with self._phase("normalise"):
-            # The tangent projection dw -= w * radial, through the chunk scratch (no fresh [rows, D] array).
-            dw -= mx.nd.broadcast_mul(w, work.radial[lo:hi].expand_dims(1), out=work.scratch[:hi - lo])
-        return dw
+            return kernels.tangent(g, w)
 
     # --- helpers --------------------------------------------------------------------------------------
 
@@ -299,8 +283,7 @@ class PartialFC:
         if keep:
             with self._phase("gather"):
                 kept = self.bank.gather(sample, out=buffers.kept)          # [S, D] float32 (the shard when full)
-        scratch = mx.nd.empty((chunks[0][1], D), ctx=self.ctx)
-        return _Work(sample, chunks, buffers, scratch, kept)
+        return _Work(sample, chunks, buffers, kept)
 
     def _centers(self, work: _Work, lo: int, hi: int) -> mx.nd.NDArray:
         """Float32 centers of the sampled rows [lo, hi): a view of the kept rows, or a fresh gather."""

@@ -1,9 +1,10 @@
-"""What the memory bank needs from outside Python: the native sampled-row update, and glibc's malloc_trim.
+"""What the head needs from outside Python: its native CPU operators, and glibc's malloc_trim.
 
-row_update.cc is an MXNet custom-operator library (built by setup.py against the installed mxnet's lib_api):
-`pfc_sgd_mom_rows` updates rows `index` of a float32 CPU bank's centers and momentum in place, reading and
-writing each row once, bit-identical to sgd_mom_update on gathered copies. MXNet's stock operators can
-only update gathered copies and scatter them back, twice the memory traffic.
+One MXNet custom-operator library (built by setup.py against the installed mxnet's lib_api) holds
+  row_update.cc  `pfc_sgd_mom_rows`: updates rows `index` of a float32 CPU bank's centers and momentum in place,
+                 reading and writing each row once, bit-identical to sgd_mom_update on gathered copies (MXNet's
+                 stock operators can only update gathered copies and scatter them back, twice the traffic);
+  kernels.cc     the step's large elementwise passes, one loop each (head/kernels.py is their Python face).
 """
 from __future__ import annotations
 
@@ -39,33 +40,39 @@ _native = {}  # device type -> the loaded operator, or None where it is not avai
 _log = logging.getLogger(__name__)
 
 
-def native_row_update(ctx):
-    """mx.nd.pfc_sgd_mom_rows (row_update.cc: SGD with momentum on rows of the bank, in place), or None
-    where the bank's context cannot run it.
+def native_ops(ctx):
+    """The module holding the library's operators (mx.nd: pfc_sgd_mom_rows, pfc_exp_row_sum, ...), or None where
+    the context cannot run them.
 
-    The operator is CPU only; GPU banks and a CPU bank without the compiled library (the project not
-    installed by scripts/install.sh) take the stock-operator path, which computes the same numbers with about
-    twice the memory traffic. The library is loaded once per process, on first use."""
+    The operators are CPU only; GPU contexts and a CPU without the compiled library (the project not installed
+    by scripts/install.sh) take stock operators, which compute the same numbers with more memory traffic. The
+    library is loaded once per process, on first use."""
     kind = ctx.device_type
     if kind not in _native:
         _native[kind] = _load_native() if kind == "cpu" else None
     return _native[kind]
 
 
+def native_row_update(ctx):
+    """mx.nd.pfc_sgd_mom_rows (row_update.cc: SGD with momentum on rows of the bank, in place), or None."""
+    ops = native_ops(ctx)
+    return None if ops is None else ops.pfc_sgd_mom_rows
+
+
 def _load_native():
     path = os.path.join(_NATIVE_DIR, NATIVE_LIBRARY)
     if not os.path.exists(path):
-        _log.warning("%s: missing (the project was not installed by scripts/install.sh); the sampled center "
-                     "update uses stock MXNet operators, about twice as slow", path)
+        _log.warning("%s: missing (the project was not installed by scripts/install.sh); the FC head uses stock "
+                     "MXNet operators, several times slower on CPU", path)
         return None
-    # Loading registers an operator, which writes MXNet's operator tables; no queued operator may be reading
+    # Loading registers operators, which writes MXNet's operator tables; no queued operator may be reading
     # them from an engine thread meanwhile.
     mx.nd.waitall()
     try:
         mx.library.load(path, verbose=False)
     except mx.base.MXNetError as e:
-        _log.warning("%s: cannot be loaded by this MXNet (%s); rebuild it with scripts/install.sh. The sampled "
-                     "center update uses stock MXNet operators, about twice as slow", path,
+        _log.warning("%s: cannot be loaded by this MXNet (%s); rebuild it with scripts/install.sh. The FC head "
+                     "uses stock MXNet operators, several times slower on CPU", path,
                      str(e).strip().splitlines()[-1])
         return None
-    return mx.nd.pfc_sgd_mom_rows
+    return mx.nd

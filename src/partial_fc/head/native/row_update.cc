@@ -9,11 +9,13 @@
 // Inputs (all on the CPU, row-major):
 //   0 weight    float32 [count, D]  the bank's centers; rows `index` are overwritten
 //   1 momentum  float32 [count, D]  the bank's momentum; rows `index` are overwritten
-//   2 rows      float32 [S, D]      the current centers of rows `index` (the forward already gathered them)
-//   3 grad      float32 [S, D]      their gradient
-//   4 index     int64   [S]         bank rows to update, each at most once (the sampler's ids are unique)
+//   2 grad      float32 [S, D]      the gradient of rows `index`
+//   3 index     int64   [S]         bank rows to update, each at most once (the sampler's ids are unique)
 // Attributes lr, momentum, wd: as MXNet's sgd_mom_update (rescale_grad 1, no clipping), with the same
 // arithmetic in the same order, so results are bit-identical to sgd_mom_update on gathered copies.
+// Attribute project (optional, default 0): 1 takes grad as g = dL/dw before the center normalisation's
+// projection and applies the true gradient g - w (g.w) / (w.w) (docs/design.md §3 step 8): the projection
+// needs the row's w, which this pass reads anyway, so the step never writes a projected [S, D] gradient.
 // Output: a float32 [1] zero. The operator exists for its effect on inputs 0 and 1, which it declares mutable
 // so the engine orders it after every earlier reader of the bank and before every later one.
 #include <cstdint>
@@ -33,20 +35,20 @@ MXReturnValue parseAttrs(const Attrs& attrs, int* num_in, int* num_out) {
       return MX_FAIL;
     }
   }
-  *num_in = 5;
+  *num_in = 4;
   *num_out = 1;
   return MX_SUCCESS;
 }
 
 MXReturnValue inferType(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  static const char* names[] = {"weight", "momentum", "rows", "grad"};
-  for (int i = 0; i < 4; ++i) {
+  static const char* names[] = {"weight", "momentum", "grad"};
+  for (int i = 0; i < 3; ++i) {
     if ((*in)[i] != kFloat32) {
       MX_ERROR_MSG << "pfc_sgd_mom_rows: " << names[i] << " must be float32";
       return MX_FAIL;
     }
   }
-  if ((*in)[4] != kInt64) {
+  if ((*in)[3] != kInt64) {
     MX_ERROR_MSG << "pfc_sgd_mom_rows: index must be int64";
     return MX_FAIL;
   }
@@ -56,9 +58,9 @@ MXReturnValue inferType(const Attrs&, std::vector<int>* in, std::vector<int>* ou
 
 MXReturnValue inferShape(const Attrs&, std::vector<std::vector<unsigned int>>* in,
                          std::vector<std::vector<unsigned int>>* out) {
-  const auto &w = (*in)[0], &m = (*in)[1], &r = (*in)[2], &g = (*in)[3], &i = (*in)[4];
-  if (w.size() != 2 || m != w || r.size() != 2 || g != r || r[1] != w[1] || i.size() != 1 || i[0] != r[0]) {
-    MX_ERROR_MSG << "pfc_sgd_mom_rows: expected weight = momentum [count, D], rows = grad [S, D], index [S]";
+  const auto &w = (*in)[0], &m = (*in)[1], &g = (*in)[2], &i = (*in)[3];
+  if (w.size() != 2 || m != w || g.size() != 2 || g[1] != w[1] || i.size() != 1 || i[0] != g[0]) {
+    MX_ERROR_MSG << "pfc_sgd_mom_rows: expected weight = momentum [count, D], grad [S, D], index [S]";
     return MX_FAIL;
   }
   (*out)[0] = std::vector<unsigned int>{1};
@@ -71,16 +73,41 @@ MXReturnValue mutateInputs(const Attrs&, std::vector<int>* inputs) {
   return MX_SUCCESS;
 }
 
+// One row of the update. Compiled for AVX-512, AVX2 and a generic x86-64 (the library is built once and runs
+// on whichever CPU the machine has today); vector lanes do not change the elementwise arithmetic (no FMA
+// contraction), only the order of the projection's two row sums.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void update_row(float* w, float* m, const float* g, int64_t D, float lr, float mu, float wd, bool project) {
+  float c = 0.f;
+  if (project) {
+    float gw = 0.f, ww = 0.f;
+#pragma omp simd reduction(+ : gw, ww)
+    for (int64_t d = 0; d < D; ++d) {
+      gw += g[d] * w[d];
+      ww += w[d] * w[d];
+    }
+    c = gw / ww;
+  }
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) {
+    const float gd = project ? g[d] - c * w[d] : g[d];
+    // sgd_mom_update's expression, term by term: mom = mu*mom - lr*wd*w - lr*grad; w = w + mom.
+    const float step = mu * m[d] - lr * wd * w[d] - lr * gd;
+    m[d] = step;
+    w[d] = w[d] + step;
+  }
+}
+
 MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                       const OpResource&) {
   const float lr = std::stof(attrs.at("lr"));
   const float mu = std::stof(attrs.at("momentum"));
   const float wd = std::stof(attrs.at("wd"));
+  const bool project = attrs.count("project") && std::stoi(attrs.at("project")) != 0;
   float* weight = (*in)[0].data<float>();
   float* momentum = (*in)[1].data<float>();
-  const float* rows = (*in)[2].data<float>();
-  const float* grad = (*in)[3].data<float>();
-  const int64_t* index = (*in)[4].data<int64_t>();
+  const float* grad = (*in)[2].data<float>();
+  const int64_t* index = (*in)[3].data<int64_t>();
   const int64_t count = (*in)[0].shape[0], S = (*in)[2].shape[0], D = (*in)[2].shape[1];
   for (int64_t s = 0; s < S; ++s) {
     if (index[s] < 0 || index[s] >= count) {
@@ -90,18 +117,8 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
   }
   // Rows are independent (unique indices), so they split across the OpenMP threads MXNet itself uses.
 #pragma omp parallel for schedule(static)
-  for (int64_t s = 0; s < S; ++s) {
-    float* w = weight + index[s] * D;
-    float* m = momentum + index[s] * D;
-    const float* x = rows + s * D;
-    const float* g = grad + s * D;
-    for (int64_t d = 0; d < D; ++d) {
-      // sgd_mom_update's expression, term by term: mom = mu*mom - lr*wd*w - lr*grad; w = w + mom.
-      const float step = mu * m[d] - lr * wd * x[d] - lr * g[d];
-      m[d] = step;
-      w[d] = x[d] + step;
-    }
-  }
+  for (int64_t s = 0; s < S; ++s) update_row(weight + index[s] * D, momentum + index[s] * D, grad + s * D, D, lr, mu,
+                                              wd, project);
   out->at(0).data<float>()[0] = 0.f;
   return MX_SUCCESS;
 }
