@@ -63,19 +63,38 @@ def prelu(x, channels, name, impl="leakyrelu"):
 
     impl "leakyrelu" is MXNet's PReLU operator. It tags the slope with a Constant(0.25) initializer, which
     Module.init_params honours before its generic rule for names ending in "gamma" (1.0, an identity PReLU).
-    impl "depthwise" computes the same function with the same parameter, as relu(x) plus a 1x1 depthwise
-    convolution of min(x, 0) whose weights are the slopes. On CPU, MXNet's PReLU operator (its backward in
-    particular) is about 5x slower than this form for forward+backward on one core at [32, 64, 112, 112],
-    and it is most of an mbf training step there. On GPU the operator is the safer default.
+    impl "depthwise" computes the same function with the same parameter from MKLDNN operators only, as
+    relu(x) + (-slope) * relu(-x), with -x and the product as 1x1 depthwise convolutions (a fixed kernel of
+    -1; the negated slopes). Every step of its forward is exact (a negation, a max with 0, one product, a sum
+    with 0): its outputs are bit for bit those of the earlier form relu(x) + slope * min(x, 0), so a checkpoint
+    embeds exactly as before. Gradients agree to rounding, not always bit for bit: MKLDNN may sum a weight
+    or BatchNorm gradient in another order for the blocked layout these operators pass on (seen in mbf's
+    first two layers on face images: 6 of 184 gradients, within 7e-4 of their largest entry), and at x = 0
+    exactly the gradient to x is 0 here, the slope there. On CPU, MXNet's PReLU operator (its backward in
+    particular) is about 5x slower than a depthwise form for forward+backward on one core at
+    [32, 64, 112, 112], most of an mbf training step there. On GPU the operator is the safer default.
+
+    Why only MKLDNN operators: on MXNet 1.9.1's CPU build a convolution or BatchNorm writes MKLDNN's blocked
+    layout, and a non-MKLDNN operator reading it (the earlier form's `relu` and `_minimum_scalar`, and their
+    backwards) falls back through a default-layout copy of its input that the executor keeps from one step to
+    the next, outside its memory plan. With the earlier form mbf held 0.130 GiB per image of batch (fwd + bwd,
+    its plan 0.056) and r50 0.198 (plan 0.098); with this one 0.058 and 0.100 (`partial-fc bench memory`,
+    docs/performance.md "Memory").
     """
     if impl == "leakyrelu":
         return mx.sym.LeakyReLU(x, act_type="prelu", name=name)
     slope = mx.sym.Variable(name + "_gamma", shape=(channels,), init=mx.init.Constant(PRELU_INIT_SLOPE))
-    positive = mx.sym.relu(x, name=name + "_pos")
-    negative = mx.sym._internal._minimum_scalar(x, scalar=0.0, name=name + "_neg")
     kernel = mx.sym.reshape(slope, shape=(channels, 1, 1, 1), name=name + "_kernel")
-    scaled = mx.sym.Convolution(negative, weight=kernel, num_filter=channels, num_group=channels, kernel=(1, 1),
-                                no_bias=True, name=name + "_scaled")
+    positive = mx.sym.Activation(x, act_type="relu", name=name + "_pos")
+    # The fixed -1 kernel takes the slope's shape and dtype (float16 in an fp16 trunk); it has no gradient.
+    flip = mx.sym.BlockGrad(mx.sym.negative(mx.sym.ones_like(kernel, name=name + "_ones"), name=name + "_minus_one"),
+                            name=name + "_flip")
+    negated = mx.sym.Convolution(x, weight=flip, num_filter=channels, num_group=channels, kernel=(1, 1),
+                                 no_bias=True, name=name + "_negated")
+    magnitude = mx.sym.Activation(negated, act_type="relu", name=name + "_neg")   # max(-x, 0) = -min(x, 0)
+    scaled = mx.sym.Convolution(magnitude, weight=mx.sym.negative(kernel, name=name + "_minus_kernel"),
+                                num_filter=channels, num_group=channels, kernel=(1, 1), no_bias=True,
+                                name=name + "_scaled")
     return mx.sym.elemwise_add(positive, scaled, name=name)
 
 

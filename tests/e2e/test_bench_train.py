@@ -15,7 +15,7 @@ import pytest
 
 from partial_fc.data import loader as data, synth
 from partial_fc.training import trainer
-from partial_fc.bench import common, train as bench
+from partial_fc.bench import common, peak_rss, train as bench
 from partial_fc.bench.common import BenchError
 from partial_fc.dist import LocalComm
 
@@ -56,6 +56,8 @@ def test_train_bench_one_worker_report_is_consistent(tmp_path):
         # The head is timed inside the step it belongs to.
         assert all(0 < f < s for f, s in zip(r["fc_times_s"], r["step_times_s"]))
         assert r["ref_rate"] == 1.0
+        # The trainer's peak RSS: at least the MXNet it imported and the backbone it trained.
+        assert len(r["peak_rss_bytes"]) == 1 and r["peak_rss_max_bytes"] == r["peak_rss_bytes"][0] > 200 << 20
     assert rows[0.5]["sampled"] == 500 and rows[1.0]["sampled"] == 1000
     assert rows[1.0]["vs_ref"] == 1.0 and rows[1.0]["fc_ratio"] == 1.0
     assert rows[0.5]["vs_ref"] == pytest.approx(rows[0.5]["samples_per_s"] / rows[1.0]["samples_per_s"])
@@ -64,7 +66,28 @@ def test_train_bench_one_worker_report_is_consistent(tmp_path):
 
     table = bench.format_table(report)
     assert "samples/s" in table and "FC %" in table and "OMP_NUM_THREADS=1" in table
+    assert "peak RSS GiB/rank" in table and f"{rows[1.0]['peak_rss_bytes'][0] / 2**30:.2f}" in table
     assert sum(line.lstrip().startswith("1,000") for line in table.splitlines()) == 2
+
+
+@pytest.mark.parametrize("rank", [None, "1"])
+def test_peak_rss_wrapper_reports_what_its_command_held(tmp_path, rank):
+    # The command touches 300 MiB and exits 3: the wrapper reports at least that, not much more (a Python with
+    # numpy), under the launcher's rank, and exits with the command's status; bench train reads it back.
+    env = {k: v for k, v in os.environ.items() if k not in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")}
+    if rank is not None:
+        env["HOROVOD_RANK"] = rank
+    touch = "import numpy, sys; a = numpy.ones(300 << 18, dtype=numpy.float32); sys.exit(3)"
+    p = subprocess.run([sys.executable, "-m", "partial_fc.bench.peak_rss", str(tmp_path), sys.executable, "-c", touch],
+                       env=env, timeout=120)
+    assert p.returncode == 3
+    [name] = os.listdir(tmp_path)
+    assert name == f"rank{rank or 0}.json"
+    got = json.loads((tmp_path / name).read_text())
+    assert got["rank"] == int(rank or 0) and got["returncode"] == 3
+    assert 300 << 20 <= got["peak_rss_bytes"] < (300 + 200) << 20
+    if rank is None:
+        assert peak_rss.read(str(tmp_path), 1) == [got["peak_rss_bytes"]]
 
 
 def test_points_that_do_not_fit_in_memory_are_skipped_not_run(monkeypatch):

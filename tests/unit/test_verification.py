@@ -173,3 +173,78 @@ def test_results_and_table_carry_tar_at_far():
                                verification.Result("small", 0.8, 0.02, 21.0, 1.3, 300)]).splitlines()
     assert "TAR@FAR=1e-3" in rows[1]
     assert rows[2].split()[-1] == f"{tar:.4f}" and rows[3].split()[-1] == "n/a"
+
+
+# ---- the trainer's verifier shares the training Module's memory ------------------------------------------
+
+TRAIN_BATCH, DIM = 4, 16
+
+
+def _training_module(seed=0):
+    """mbf in the trainer's CPU form, bound and initialised as startup.bind_backbone does, with an SGD."""
+    import mxnet as mx
+    import symbols
+
+    sym = symbols.get_symbol("mbf", embedding_size=DIM, prelu_impl="depthwise")
+    mod = mx.mod.Module(sym, data_names=["data"], label_names=None, context=mx.cpu())
+    mod.bind(data_shapes=[("data", (TRAIN_BATCH, 3, 112, 112))], for_training=True)
+    mx.random.seed(seed)
+    mod.init_params(initializer=mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2))
+    mod.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.1, "momentum": 0.9})
+    return sym, mod
+
+
+def _train_step(mod, step):
+    """One forward + backward + update on seeded images, so BN statistics and weights move."""
+    import mxnet as mx
+
+    rng = np.random.default_rng(100 + step)
+    mod.forward(mx.io.DataBatch([mx.nd.array(rng.uniform(0, 255, (TRAIN_BATCH, 3, 112, 112)))]), is_train=True)
+    out = mod.get_outputs()[0]
+    mod.backward(out_grads=[mx.nd.array(rng.standard_normal(out.shape))])
+    mod.update()
+
+
+def _images(n, seed=7):
+    return np.random.default_rng(seed).uniform(0, 255, (n, 3, 112, 112)).astype(np.float32)
+
+
+@pytest.mark.parametrize("eval_batch", [3, TRAIN_BATCH, 6])  # smaller, equal, larger than the training batch
+def test_shared_verifier_embeds_exactly_as_its_own_executor(eval_batch):
+    # Today's verifier (its own executor, the CLI's) against the trainer's (in the training Module's memory):
+    # the same embeddings bit for bit, hence the same accuracies, on a trained-for-one-step model.
+    sym, mod = _training_module()
+    _train_step(mod, 0)
+    images = _images(10)   # 10 images: the last batch is padded at every eval batch here
+    own = verification.Verifier([], sym, batch_size=eval_batch)
+    own.set_params(*mod.get_params())
+    expected = own.embed(images)
+    shared = verification.Verifier([], sym, batch_size=eval_batch, shared_module=mod)
+    shared.set_params(*mod.get_params())
+    got = shared.embed(images)
+    assert got.shape == (10, DIM) and np.isfinite(got).all()
+    np.testing.assert_array_equal(got, expected)
+    issame = np.arange(5) % 2 == 0
+    np.testing.assert_equal(vars(verification.result("s", got, issame)), vars(verification.result("s", expected, issame)))
+
+
+def test_verifying_in_the_training_modules_memory_leaves_training_unchanged():
+    # Two identical runs of three steps; one verifies after each step through a verifier sharing its Module.
+    # Its parameters, BN statistics and later embeddings must be exactly the other run's.
+    _, plain = _training_module()
+    sym, verified = _training_module()
+    verifier = verification.Verifier([], sym, batch_size=TRAIN_BATCH, shared_module=verified)
+    images = _images(6)
+    embeddings = []
+    for step in range(3):
+        _train_step(plain, step)
+        _train_step(verified, step)
+        embeddings.append(verifier.embed(images))
+    for got, expected in zip(verified.get_params(), plain.get_params()):
+        assert sorted(got) == sorted(expected)
+        for name in expected:
+            np.testing.assert_array_equal(got[name].asnumpy(), expected[name].asnumpy(), err_msg=name)
+    reference = verification.Verifier([], sym, batch_size=TRAIN_BATCH)
+    reference.set_params(*plain.get_params())
+    np.testing.assert_array_equal(embeddings[-1], reference.embed(images))
+    assert not np.array_equal(embeddings[0], embeddings[-1])  # the steps did change the model

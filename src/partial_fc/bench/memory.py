@@ -18,6 +18,20 @@ A separate child that only imports the same modules gives the baseline (its VmHW
 Targets of the issue (shown with pass/fail, never asserted), at r = 0.1, N_local = 1e6: the float32 ratio
 <= 1.15; a compact (float16 / bfloat16) bank's "vs float32" <= 0.55 ("fp16 storage halves it"). A point
 whose estimated need (bench fc's estimate) exceeds MemAvailable is skipped with its numbers.
+
+The backbone part (--backbones, default mbf, mbf:previous-prelu, r50 and r50:previous-prelu): for each
+backbone and each batch of --backbone-batches a child binds the trainer's CPU graph as startup.bind_backbone
+does (Module, for training, data without a gradient), runs `steps` training steps (forward, backward with a
+random head gradient, SGD update) and reports its VmHWM. Columns:
+    peak @B        the child's peak RSS at batch B (everything: MXNet, parameters, optimizer state)
+    per image      the slope between the smallest and the largest batch: what one more image of batch costs
+    fixed          peak - per image x B at the smallest batch
+    plan / image   the same slope of the executor's own memory plan ("Total N MB allocated")
+    vs plan        per image / plan per image: what MXNet holds beyond its plan
+NET:previous-prelu is NET with the CPU PReLU form of before issue 14 (relu(x) + slope * min(x, 0) with MXNet's
+`relu` and `_minimum_scalar`, whose fallback copies of MKLDNN-layout inputs stay outside the plan;
+symbols/common.prelu says why), rebuilt here for comparison: the same function and parameters. Target
+(pass/fail): mbf's per image <= 0.5 x mbf:previous-prelu's.
 """
 from __future__ import annotations
 
@@ -38,6 +52,15 @@ CHILD_TIMEOUT_S = 1800
 TARGET = {"n_local": 1_000_000, "rate": 0.1, "max_ratio": 1.15}
 # "fp16 storage halves it": a compact bank's peak within 10 % of half the float32 bank's, same point.
 TARGET_COMPACT = {"max_vs_float32": 0.55}
+# Backbones: NETWORK or NETWORK:previous-prelu (the CPU PReLU form before issue 14, for comparison).
+PREVIOUS_PRELU = "previous-prelu"
+DEFAULT_BACKBONES = ("mbf", "mbf:" + PREVIOUS_PRELU, "r50", "r50:" + PREVIOUS_PRELU)
+DEFAULT_BACKBONE_BATCHES = (4, 16)
+# Issue 14: mbf's memory per image of batch (fwd + bwd) at most half of what the previous PReLU form holds.
+TARGET_BACKBONE = {"network": "mbf", "reference": "mbf:" + PREVIOUS_PRELU, "max_vs_reference": 0.5}
+# For skipping what cannot fit (bytes ~ fixed + per image x batch), measured with MXNet 1.9.1 on CPU, rounded up.
+BACKBONE_ESTIMATE_GIB = {"mbf": (0.8, 0.14), "r50": (1.6, 0.22)}
+BACKBONE_ESTIMATE_OTHER_GIB = (2.0, 0.5)
 
 
 def bank_dtype(text: str) -> str:
@@ -47,11 +70,24 @@ def bank_dtype(text: str) -> str:
     return text
 
 
+def backbone_name(text: str) -> str:
+    """argparse type: NETWORK or NETWORK:previous-prelu."""
+    import symbols
+
+    network, _, form = text.partition(":")
+    if network not in symbols.NETWORKS or form not in ("", PREVIOUS_PRELU):
+        raise argparse.ArgumentTypeError(f"unknown backbone {text!r} (known: {', '.join(symbols.NETWORKS)}, "
+                                         f"each optionally with :{PREVIOUS_PRELU})")
+    return text
+
+
 def benchmark(n_local=DEFAULT_N_LOCAL, rates=DEFAULT_RATES, dtypes=None, batch=fc.DEFAULT_BATCH, dim=fc.DEFAULT_DIM,
-        steps=DEFAULT_STEPS, *, seed=0, as_json=False, out=None, log=None) -> dict:
+        steps=DEFAULT_STEPS, *, backbones=DEFAULT_BACKBONES, backbone_batches=DEFAULT_BACKBONE_BATCHES, seed=0,
+        as_json=False, out=None, log=None) -> dict:
     """Run every point in a child process; print a table (or JSON) to `out`, progress to `log`.
 
-    dtypes None: float32 and float16. Returns the report dict.
+    dtypes None: float32 and float16; n_local empty: no bank points; backbones empty: no backbone rows.
+    Returns the report dict.
     """
     out = out or sys.stdout
     log = log or sys.stderr
@@ -60,10 +96,14 @@ def benchmark(n_local=DEFAULT_N_LOCAL, rates=DEFAULT_RATES, dtypes=None, batch=f
     dtypes = list(dict.fromkeys(dtypes or DEFAULT_DTYPES))
     for d in dtypes:
         common.check_bank_dtype(d)
-    if not n_local or min(n_local) < 1 or not rates or not all(0.0 < r <= 1.0 for r in rates):
+    if (n_local and min(n_local) < 1) or not rates or not all(0.0 < r <= 1.0 for r in rates):
         raise ValueError(f"bad points: n_local={n_local}, rates={rates}")
     if batch < 1 or dim < 1 or steps < 1:
         raise ValueError("batch, dim and steps must be >= 1")
+    backbones = list(dict.fromkeys(backbones))
+    backbone_batches = sorted({int(b) for b in backbone_batches})
+    if backbones and (len(backbone_batches) < 2 or backbone_batches[0] < 1):
+        raise common.BenchError(f"--backbone-batches needs two or more batch sizes >= 1, got {backbone_batches}")
 
     t_start = time.perf_counter()
     print("bench memory: baseline (a process that imported mxnet) ...", file=log, flush=True)
@@ -89,16 +129,19 @@ def benchmark(n_local=DEFAULT_N_LOCAL, rates=DEFAULT_RATES, dtypes=None, batch=f
         ref = next((x for x in rows if x["dtype"] == "float32" and x["n_local"] == row["n_local"]
                     and x["rate"] == row["rate"]), None)
         row["vs_float32"] = row["peak_bytes"] / ref["peak_bytes"] if ref else None
+    backbone_rows = [_backbone(name, backbone_batches, dim, steps, seed, skipped, log) for name in backbones]
+    backbone_rows = [r for r in backbone_rows if r is not None]
     report = {
         "benchmark": "memory",
         "machine": common.machine_info(),
         "config": {"n_local": n_local, "rates": rates, "dtypes": dtypes, "batch": batch, "dim": dim,
                    "steps": steps, "seed": seed, "storage": "device", "world_size": 1,
-                   "ratio_counts_baseline": True},
+                   "ratio_counts_baseline": True, "backbones": backbones, "backbone_batches": backbone_batches},
         "baseline": baseline,
         "results": rows,
+        "backbone": backbone_rows,
         "skipped": skipped,
-        "targets": _targets(rows),
+        "targets": _targets(rows) + _backbone_targets(backbone_rows),
         "wall_s": time.perf_counter() - t_start,
     }
     common.emit(report, format_table, as_json, out)
@@ -132,7 +175,108 @@ def _reset_peak() -> bool:
         return False
 
 
+def _backbone(name: str, batches: list[int], dim: int, steps: int, seed: int, skipped: list, log) -> dict | None:
+    """One backbone row: a child per batch size; the per-image slope between the smallest and largest batch."""
+    network, _, form = name.partition(":")
+    fixed, per_image = BACKBONE_ESTIMATE_GIB.get(network, BACKBONE_ESTIMATE_OTHER_GIB)
+    need, have = int((fixed + per_image * batches[-1]) * common.GIB), common.available_memory()
+    if have is not None and need > have:
+        message = f"skipped: needs {need / common.GIB:.1f} GiB, {have / common.GIB:.1f} available"
+        print(f"bench memory: backbone {name}: {message}", file=log, flush=True)
+        skipped.append({"backbone": name, "batch": batches[-1], "needs_bytes": need, "available_bytes": have,
+                        "message": message})
+        return None
+    points = []
+    for b in batches:
+        print(f"bench memory: backbone {name} batch {b} ({steps} training step(s)) ...", file=log, flush=True)
+        points.append({"batch": b, **_child({"mode": "backbone", "network": network, "previous_prelu": bool(form),
+                                             "batch": b, "dim": dim, "steps": steps, "seed": seed})})
+    lo, hi = points[0], points[-1]
+    span = hi["batch"] - lo["batch"]
+    per_image = (hi["peak_bytes"] - lo["peak_bytes"]) / span
+    plan_per_image = (hi["plan_bytes"] - lo["plan_bytes"]) / span
+    return {"backbone": name, "network": network, "prelu": PREVIOUS_PRELU if form else "trainer's CPU form",
+            "points": points, "per_image_bytes": per_image, "fixed_bytes": lo["peak_bytes"] - per_image * lo["batch"],
+            "plan_per_image_bytes": plan_per_image,
+            "vs_plan": per_image / plan_per_image if plan_per_image > 0 else None}
+
+
+def _backbone_targets(rows: list[dict]) -> list[dict]:
+    by_name = {r["backbone"]: r for r in rows}
+    got, ref = by_name.get(TARGET_BACKBONE["network"]), by_name.get(TARGET_BACKBONE["reference"])
+    if got is None or ref is None or ref["per_image_bytes"] <= 0:
+        return []
+    value = got["per_image_bytes"] / ref["per_image_bytes"]
+    return [{"name": "backbone_per_image_vs_reference", "backbone": got["backbone"], "reference": ref["backbone"],
+             "value": value, "max": TARGET_BACKBONE["max_vs_reference"],
+             "pass": value <= TARGET_BACKBONE["max_vs_reference"]}]
+
+
+def _plan_bytes(executor) -> int:
+    """The executor's memory plan: the "Total N MB allocated" line of its debug_str."""
+    for line in executor.debug_str().splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[0] == "Total" and parts[2:] == ["MB", "allocated"]:
+            return int(parts[1]) << 20
+    raise common.BenchError("the executor's debug_str has no 'Total N MB allocated' line")
+
+
+def _previous_prelu(x, channels, name, impl="leakyrelu"):
+    """symbols.common.prelu as it was before issue 14: its "depthwise" CPU form relu(x) + slope * min(x, 0)
+    with MXNet's `relu` and `_minimum_scalar`, non-MKLDNN operators (the same function and parameters)."""
+    import mxnet as mx
+    from symbols import common as layers
+
+    if impl != "depthwise":
+        return layers.prelu(x, channels, name, impl)
+    slope = mx.sym.Variable(name + "_gamma", shape=(channels,), init=mx.init.Constant(layers.PRELU_INIT_SLOPE))
+    positive = mx.sym.relu(x, name=name + "_pos")
+    negative = mx.sym._internal._minimum_scalar(x, scalar=0.0, name=name + "_neg")
+    kernel = mx.sym.reshape(slope, shape=(channels, 1, 1, 1), name=name + "_kernel")
+    scaled = mx.sym.Convolution(negative, weight=kernel, num_filter=channels, num_group=channels, kernel=(1, 1),
+                                no_bias=True, name=name + "_scaled")
+    return mx.sym.elemwise_add(positive, scaled, name=name)
+
+
+def _backbone_main(spec: dict) -> dict:
+    """A training Module of the network in the trainer's CPU form, `steps` steps, its VmHWM."""
+    import time as clock
+
+    import mxnet as mx
+    import numpy as np
+    import symbols
+
+    if spec["previous_prelu"]:
+        # For comparison only (this child ends after the measurement): every network module builds its PReLU
+        # with the name `prelu` it imported from symbols.common.
+        for module in list(sys.modules.values()):
+            if getattr(module, "__name__", "").startswith("symbols.") and hasattr(module, "prelu"):
+                module.prelu = _previous_prelu
+    batch = spec["batch"]
+    sym = symbols.get_symbol(spec["network"], embedding_size=spec["dim"], prelu_impl="depthwise")
+    mod = mx.mod.Module(sym, data_names=["data"], label_names=None, context=mx.cpu())
+    mod.bind(data_shapes=[("data", (batch, 3, 112, 112))], for_training=True)  # as startup.bind_backbone
+    mx.random.seed(spec["seed"])
+    mod.init_params(initializer=mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2))
+    mod.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.01, "momentum": 0.9, "wd": 5e-4})
+    rng = np.random.default_rng(spec["seed"])
+    images = mx.nd.array(rng.uniform(0, 255, (batch, 3, 112, 112)).astype(np.float32))
+    head_grad = mx.nd.array(rng.standard_normal((batch, spec["dim"])).astype(np.float32) * 0.01)
+    step_s = []
+    for _ in range(spec["steps"]):
+        t0 = clock.perf_counter()
+        mod.forward(mx.io.DataBatch([images]), is_train=True)
+        mod.backward(out_grads=[head_grad])
+        mod.update()
+        mx.nd.waitall()
+        step_s.append(clock.perf_counter() - t0)
+    return {"peak_bytes": _status_bytes("VmHWM"), "rss_bytes": _status_bytes("VmRSS"),
+            "plan_bytes": _plan_bytes(mod._exec_group.execs[0]), "step_s": step_s}
+
+
 def _child_main(spec: dict) -> dict:
+    if spec["mode"] == "backbone":
+        return _backbone_main(spec)
     # The same imports in both modes, so that the baseline is what a point pays before its bank.
     import mxnet as mx
     import numpy as np
@@ -181,7 +325,8 @@ def format_table(report: dict) -> str:
     ]
     label = {"peak_ratio": "ratio", "vs_float32": "vs float32"}
     verdicts = {(t["n_local"], t["rate"], t["dtype"]):
-                f"{label[t['name']]}<={t['max']:g} {'PASS' if t['pass'] else 'FAIL'}" for t in report["targets"]}
+                f"{label[t['name']]}<={t['max']:g} {'PASS' if t['pass'] else 'FAIL'}" for t in report["targets"]
+                if t["name"] in label}
     head = ("N_local", "r", "dtype", "analytic GiB", "peak GiB", "peak-base GiB", "ratio", "net ratio",
             "create peak", "steps peak", "vs float32", "target")
     rows = [(f"{r['n_local']:,}", f"{r['rate']:g}", r["dtype"], _gib(r["analytic_bytes"]), _gib(r["peak_bytes"]),
@@ -190,16 +335,45 @@ def format_table(report: dict) -> str:
              verdicts.get((r["n_local"], r["rate"], r["dtype"]), "-")) for r in report["results"]]
     if rows:
         lines += common.table(head, rows)
-    lines += [f"N_local={s['n_local']:,} r={s['rate']:g} {s['dtype']}: {s['message']}" for s in report["skipped"]]
-    lines += [
-        "",
-        "analytic = centers + momentum (memory_plan.bank_bytes); ratio = peak / analytic and COUNTS the baseline; "
-        "net ratio = (peak - baseline) / analytic;",
-        "create peak = peak RSS up to the bank's creation; steps peak = peak RSS during the FC steps "
-        "(VmHWM reset in between).",
-        f"wall time {report['wall_s']:.1f} s",
-    ]
+    lines += [f"N_local={s['n_local']:,} r={s['rate']:g} {s['dtype']}: {s['message']}" for s in report["skipped"]
+              if "backbone" not in s]
+    if report["results"]:
+        lines += [
+            "",
+            "analytic = centers + momentum (memory_plan.bank_bytes); ratio = peak / analytic and COUNTS the "
+            "baseline; net ratio = (peak - baseline) / analytic;",
+            "create peak = peak RSS up to the bank's creation; steps peak = peak RSS during the FC steps "
+            "(VmHWM reset in between).",
+        ]
+    lines += _backbone_lines(report)
+    lines += [f"wall time {report['wall_s']:.1f} s"]
     return "\n".join(lines) + "\n"
+
+
+def _backbone_lines(report: dict) -> list[str]:
+    rows, c = report.get("backbone") or [], report["config"]
+    skipped = [s for s in report["skipped"] if "backbone" in s]
+    if not rows and not skipped:
+        return []
+    verdicts = {t["backbone"]: f"<= {t['max']:g} x {t['reference']} ({t['value']:.2f}) "
+                               f"{'PASS' if t['pass'] else 'FAIL'}"
+                for t in report["targets"] if t["name"] == "backbone_per_image_vs_reference"}
+    batches = c["backbone_batches"]
+    head = ("backbone", *(f"peak @{b} GiB" for b in batches), "per image GiB", "fixed GiB", "plan/image GiB",
+            "vs plan", "target")
+    table_rows = [(r["backbone"], *(_gib(p["peak_bytes"]) for p in r["points"]), _gib(r["per_image_bytes"]),
+                   _gib(r["fixed_bytes"]), _gib(r["plan_per_image_bytes"]),
+                   "n/a" if r["vs_plan"] is None else f"{r['vs_plan']:.2f}", verdicts.get(r["backbone"], "-"))
+                  for r in rows]
+    lines = ["", f"backbone memory of training (fwd + bwd + SGD update, {c['steps']} step(s), D={c['dim']}, "
+                 f"the trainer's CPU graph; peak RSS = VmHWM of a child per batch):"]
+    if table_rows:
+        lines += common.table(head, table_rows)
+    lines += [f"backbone {s['backbone']}: {s['message']}" for s in skipped]
+    lines += ["per image = (peak at the largest batch - peak at the smallest) / their difference; plan/image = the "
+              "same slope of the executor's memory plan;",
+              "NET:previous-prelu = NET with the CPU PReLU form before issue 14 (same function and parameters)."]
+    return lines
 
 
 def _targets(rows: list[dict]) -> list[dict]:
@@ -221,7 +395,9 @@ def _targets(rows: list[dict]) -> list[dict]:
 
 DESCRIPTION = ("For each (N_local, r, bank dtype) a child process creates the bank, touches the momentum, runs a "
                "few FC steps and reports its peak resident memory, against the analytic size of centers + "
-               "momentum and the resident memory of a process that only imported mxnet.")
+               "momentum and the resident memory of a process that only imported mxnet. Then, for each backbone, "
+               "the peak memory of a few training steps at two or more batch sizes: its memory per image of "
+               "batch (fwd + bwd) against the executor's memory plan.")
 
 
 def add_arguments(parser) -> None:
@@ -235,12 +411,21 @@ def add_arguments(parser) -> None:
                         help="global batch B (default: %(default)s)")
     common.add_dim(parser)
     parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS,
-                        help="FC steps each child runs (default: %(default)s)")
+                        help="FC steps (and backbone training steps) each child runs (default: %(default)s)")
+    parser.add_argument("--backbones", type=list_of(backbone_name), default=list(DEFAULT_BACKBONES),
+                        metavar="NET[,NET...]",
+                        help="backbones whose training memory per image of batch is measured; NET:previous-prelu is "
+                             "NET with the PReLU form before issue 14 (default: %(default)s)")
+    parser.add_argument("--backbone-batches", type=list_of(positive_int), default=list(DEFAULT_BACKBONE_BATCHES),
+                        metavar="B,B[,B...]", help="batch sizes of the backbone rows (default: %(default)s)")
+    parser.add_argument("--no-bank", action="store_true", help="only the backbone rows")
+    parser.add_argument("--no-backbone", action="store_true", help="only the bank rows")
 
 
 def run(args) -> int:
-    benchmark(n_local=args.n_local, rates=args.rates, dtypes=args.dtypes, batch=args.batch, dim=args.dim,
-              steps=args.steps, as_json=args.json)
+    benchmark(n_local=[] if args.no_bank else args.n_local, rates=args.rates, dtypes=args.dtypes, batch=args.batch,
+              dim=args.dim, steps=args.steps, backbones=[] if args.no_backbone else args.backbones,
+              backbone_batches=args.backbone_batches, as_json=args.json)
     return 0
 
 

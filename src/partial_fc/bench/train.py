@@ -15,6 +15,9 @@ dropped; of the next `steps` steps the medians are reported per (N, r):
     vs r=ref      samples/s over that of the largest rate at the same N (r = 1.0 is model parallelism)
     FC            seconds of the head (forward_backward + update) within the step, its share of the step,
                   and fc_s(ref) / fc_s(r)
+    peak RSS      each rank's peak resident memory over the whole run (GiB): every worker runs the trainer
+                  under `python -m partial_fc.bench.peak_rss DIR`, which waits for it and writes its
+                  ru_maxrss (getrusage RUSAGE_CHILDREN) to DIR (peak_rss.py)
 The waits around the head slightly serialise the step (the head can no longer overlap the backbone's queued
 work), so samples/s is that of a profiled run; a run without PFC_PROFILE is at least as fast.
 A point whose estimated memory (every worker's bank, step temporaries and backbone) exceeds MemAvailable is
@@ -53,19 +56,19 @@ import numpy as np
 from ..args import list_of, positive_int, rate
 from ..head.sampler import num_sampled
 from ..head.sharding import shard_range
-from . import common, fc
+from . import common, fc, peak_rss
 
 DEFAULT_CLASSES = (100_000, 1_000_000)
 DEFAULT_RATES = (1.0, 0.1)
 DEFAULT_WORKERS = 2
-# Per worker. The trainer's mbf on CPU peaks at about 0.26 GiB + 0.13 GiB per image of its batch (resident,
-# measured with MXNet 1.9.1: 2.3 GiB at batch 16, 4.3 at 32, 8.4 at 64), so 2 workers at 64 would not fit
-# next to a 1e6-class bank on a 24 GiB machine; 16 keeps the default run within one.
+# Per worker. The trainer's mbf on CPU peaked at about 0.26 GiB + 0.13 GiB per image of its batch before issue
+# 14 (resident, MXNet 1.9.1: 2.3 GiB at batch 16, 4.3 at 32, 8.4 at 64); since its PReLU uses MKLDNN operators
+# only (symbols/common.py, prelu), about 0.25 GiB + 0.058 GiB per image (`bench memory`, backbone rows).
 DEFAULT_BATCH = 16
 DEFAULT_DIM = 512
 DEFAULT_NETWORK = "mbf"
 DEFAULT_WARMUP, DEFAULT_STEPS = 2, 5
-BACKBONE_BYTES, BACKBONE_BYTES_PER_IMAGE = int(0.26 * common.GIB), int(0.13 * common.GIB)  # mbf on CPU, see above
+BACKBONE_BYTES, BACKBONE_BYTES_PER_IMAGE = int(0.26 * common.GIB), int(0.07 * common.GIB)  # mbf on CPU, see above
 
 DEFAULT_IO_BATCH, DEFAULT_IO_THREADS, DEFAULT_IO_BATCHES, DEFAULT_IO_REPEAT = 64, (1, 2), 50, 5
 
@@ -164,10 +167,13 @@ def _settings(n, r, batch, dim, network, total_steps, seed, workers, bank_dtype,
 
 def _run_point(launcher, trainer, settings, threads, n, r, workers, batch, warmup, steps, count, log) -> dict:
     output = settings["PFC_OUTPUT"]
+    rss_dir = output + ".rss"
     os.makedirs(output)
+    os.makedirs(rss_dir)
     env_args = [f"{k}={v}" for k, v in {**threads, **settings}.items()]
     # `env` sets the run's variables inside each launched worker; this process's environment is untouched.
-    cmd = [*launcher, "env", *env_args, trainer, "train"]
+    # Each worker's trainer runs under the peak-RSS wrapper (peak_rss.py), which records its peak RSS.
+    cmd = [*launcher, "env", *env_args, sys.executable, "-m", "partial_fc.bench.peak_rss", rss_dir, trainer, "train"]
     where = f"bench train: N={n:,} r={r:g}"
     print(f"{where}: {workers} worker(s), {warmup} warm-up + {steps} timed step(s) ...", file=log, flush=True)
     tail = collections.deque(maxlen=40)
@@ -187,12 +193,17 @@ def _run_point(launcher, trainer, settings, threads, n, r, workers, batch, warmu
         raise common.BenchError(f"{where}: the trainer exited with status {rc}: {_last_error(tail)}")
     steps_s, fc_s = _timed_steps(os.path.join(output, "metrics.jsonl"), batch * workers, warmup, steps, where)
     step_s, head_s = statistics.median(steps_s), statistics.median(fc_s)
+    try:
+        rss = peak_rss.read(rss_dir, workers)
+    except (OSError, ValueError, KeyError) as e:
+        raise common.BenchError(f"{where}: {rss_dir}: a rank's peak RSS is missing ({e})") from None
     return {
         "classes": n, "rate": r, "workers": workers, "n_local": count,
         "sampled": num_sampled(count, r, 1),
         "step_s": step_s, "step_times_s": steps_s,
         "samples_per_s": batch * workers / step_s,
         "fc_s": head_s, "fc_times_s": fc_s, "fc_share": head_s / step_s, "rest_s": step_s - head_s,
+        "peak_rss_bytes": rss, "peak_rss_max_bytes": max(rss),
         "run_wall_s": wall,
     }
 
@@ -243,18 +254,20 @@ def format_table(report: dict) -> str:
     ]
     rows = [(f"{r['classes']:,}", f"{r['n_local']:,}", f"{r['rate']:g}", f"{r['sampled']:,}",
              f"{r['step_s'] * 1e3:.0f}", f"{r['samples_per_s']:.1f}", f"{r['vs_ref']:.2f}",
-             f"{r['fc_s'] * 1e3:.0f}", f"{r['fc_share']:.0%}", f"{r['fc_ratio']:.2f}", f"{r['rest_s'] * 1e3:.0f}", "")
+             f"{r['fc_s'] * 1e3:.0f}", f"{r['fc_share']:.0%}", f"{r['fc_ratio']:.2f}", f"{r['rest_s'] * 1e3:.0f}",
+             " ".join(f"{b / common.GIB:.2f}" for b in r["peak_rss_bytes"]), "")
             for r in report["results"]]
     if rows:
         ref = report["results"][0]["ref_rate"]
         lines += common.table(("N", "N_local", "r", "S", "step ms", "samples/s", f"vs r={ref:g}", "FC ms", "FC %",
-                           "FC ratio", "rest ms", ""), rows)
+                           "FC ratio", "rest ms", "peak RSS GiB/rank", ""), rows)
     lines += [f"N={s['classes']:,} r={s['rates'][0]:g}: {s['message']}" for s in report["skipped"]]
     lines += [
         "",
         "samples/s = global batch / step; vs r = samples/s over that of the largest rate at the same N; "
         "FC = the head's forward_backward + update between waits (PFC_PROFILE=1), FC ratio = FC(ref) / FC(r); "
-        "rest = step - FC (backbone, data, optimizer); S = sampled centers per rank (at least).",
+        "rest = step - FC (backbone, data, optimizer); S = sampled centers per rank (at least); "
+        "peak RSS = each rank's peak resident memory over its whole run, rank 0 first.",
         f"wall time {report['wall_s']:.1f} s",
     ]
     return "\n".join(lines) + "\n"
@@ -474,3 +487,4 @@ def run(args) -> int:
                   network=args.network, warmup=args.warmup, steps=args.steps, omp_threads=args.omp_threads,
                   bank_dtype=args.bank_dtype, seed=args.seed, as_json=args.json)
     return 0
+

@@ -102,9 +102,17 @@ def evaluate(embeddings: np.ndarray, issame: np.ndarray, folds: int = FOLDS) -> 
 
 
 class Verifier:
-    """Embeds .bin sets with an inference Module that shares the training graph's parameters."""
+    """Embeds .bin sets with a Module of the training graph, given the parameters to score.
 
-    def __init__(self, paths: list[str], symbol, batch_size: int = 64, ctx=None):
+    shared_module: the trainer's bound backbone Module (its symbol `symbol`, its context `ctx`). The executor
+    then lives in that Module's memory (MXNet's shared_module: its parameters, and its pool of intermediate
+    arrays, which a forward at an evaluation batch no larger than the training batch fits in), instead of a
+    second training executor of its own, which doubled the memory of rank 0. The numbers are the same either
+    way (the same graph, the same operators): tests/unit/test_verification.py compares the two. It is safe
+    because verification runs between steps: the next training forward rewrites every intermediate array.
+    """
+
+    def __init__(self, paths: list[str], symbol, batch_size: int = 64, ctx=None, shared_module=None):
         import mxnet as mx
 
         self.sets = []
@@ -116,8 +124,10 @@ class Verifier:
         self.module = mx.mod.Module(symbol, data_names=["data"], label_names=None, context=ctx or mx.cpu())
         # Bound "for training" although only forward(is_train=False) runs: an inference-only bind on CPU
         # goes through MXNet 1.9.1's MKLDNN subgraph fusion, whose output of these graphs cannot be read
-        # back ("can't generate TBlob for MKLDNN data"). BatchNorm still uses its moving statistics.
-        self.module.bind(data_shapes=[("data", (batch_size, 3, 112, 112))], for_training=True)
+        # back ("can't generate TBlob for MKLDNN data"). BatchNorm still uses its moving statistics, and no
+        # backward ever runs, so the gradient part of the executor is never written.
+        self.module.bind(data_shapes=[("data", (batch_size, 3, 112, 112))], for_training=True,
+                         shared_module=shared_module)
 
     def run(self, arg_params: dict, aux_params: dict) -> list[Result]:
         self.set_params(arg_params, aux_params)

@@ -139,7 +139,7 @@ def setup(cfg: Config, comm, sync, ctx, cleanup: contextlib.ExitStack) -> Traine
         bins = startup.verification_sets(cfg)
         if bins:
             from ..evaluation.protocol import Verifier
-            verifier = Verifier(bins, sym, batch_size=cfg.eval_batch_size)
+            verifier = Verifier(bins, sym, batch_size=cfg.eval_batch_size, ctx=ctx, shared_module=mod)
         report.info(startup.banner(cfg, comm, fc, num_classes, start_step, total_steps, bins, ckpt))
     return Trainer(cfg=cfg, comm=comm, ctx=ctx, data=data, mod=mod, sgd=sgd, rescale=rescale, scaler=scaler,
                    fc=fc, report=report,
