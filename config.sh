@@ -39,4 +39,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export MXNET_CPU_WORKER_NTHREADS=${MXNET_CPU_WORKER_NTHREADS:-1}
 export PFC_DATA_THREADS=${PFC_DATA_THREADS:-1}
 
+# `bash config.sh check` checks these settings once, before any worker starts: a bad one is then one line
+# and exit status 2 (under a launcher each worker and the launcher report it). run.sh and scripts/example.sh
+# do it; with horovodrun: bash config.sh check && horovodrun -np 8 -H localhost:8 bash config.sh
+[ "${1:-}" != check ] || exec partial-fc check-config
 exec partial-fc train "$@"

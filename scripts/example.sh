@@ -13,5 +13,6 @@ export PFC_OUTPUT=${PFC_OUTPUT:-work/example/model}
 [ -f "$PFC_DATA_DIR/train.idx" ] || partial-fc synth --output "$PFC_DATA_DIR" --nuisance 0.5 --pairs 300
 # The example starts from scratch each time (a real run resumes instead: PFC_RESUME=1).
 rm -rf "$PFC_OUTPUT"
+bash config.sh check  # a bad PFC_* setting: one line and exit status 2, before horovodrun starts workers
 horovodrun -np "${NP:-2}" -H "localhost:${NP:-2}" --gloo bash config.sh
 echo "[example] checkpoints, train.log, metrics.jsonl and TensorBoard scalars are in $PFC_OUTPUT"

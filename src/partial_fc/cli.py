@@ -1,6 +1,7 @@
 """The `partial-fc` command: a table of subcommands, each a module with add_arguments(parser) and run(args).
 
     partial-fc train [--test-io]       (what config.sh runs on each rank; settings from PFC_*)
+    partial-fc check-config            (the PFC_* settings checked before launching: bash config.sh check)
     partial-fc synth --output DIR      (a small learnable synthetic face dataset with .bin pair sets)
     partial-fc demo [--steps N]        (the Partial FC head alone on synthetic embeddings)
     partial-fc bench fc|sampler|memory|train [...] [--json]   (one-process and launched benchmarks)
@@ -12,6 +13,7 @@
     partial-fc unpack --include DIR[,DIR] --output OUT [--md5 SUMS]   (rec/idx -> a folder per identity)
     partial-fc pack --input FOLDER|--lst FILE --output DIR [--shuffle] [--resize WxH]
     partial-fc make-bin --pairs FILE --root DIR --output X.bin [--format auto|lfw|list]
+    partial-fc check-data DIR [--md5 SUMS] [--json]    (every record, label, identity and image of a dataset)
     partial-fc memory-plan [--classes N] [--workers W[,W...]] [--json]   (per-rank bytes of the head)
 
 `partial-fc COMMAND --help` lists a command's options and their defaults.
@@ -65,11 +67,15 @@ BENCHMARKS = {
                                                  "size", (JSON,)),
     "train": Command("partial_fc.bench.train", "samples/s of the trainer end to end and the FC's share; "
                                                "--test-io: our reader vs mx.io.ImageRecordIter", (JSON,)),
+    "soak": Command("partial_fc.bench.soak", "the head for 100k steps and the trainer for 30 min under horovodrun: "
+                                             "stalls, memory, descriptors, checkpoints kept", (JSON,)),
 }
 
 COMMANDS = {
     "train": Command("partial_fc.training.trainer",
                      "train a backbone with the Partial FC head (settings from PFC_*)"),
+    "check-config": Command("partial_fc.training.check_config",
+                            "check a training run's PFC_* settings once, before launching workers"),
     "synth": Command("partial_fc.data.synth", "write a small learnable synthetic face dataset"),
     "demo": Command("partial_fc.training.demo", "train the Partial FC head alone on synthetic embeddings"),
     "bench": Group("benchmarks", "Benchmarks.", "benchmark", "BENCHMARK", BENCHMARKS),
@@ -83,6 +89,8 @@ COMMANDS = {
     "pack": Command("partial_fc.data.pack", "image folders (one per identity) or a .lst -> "
                                             "train.rec/.idx/property", (RESIZE,)),
     "make-bin": Command("partial_fc.data.make_bin", "pairs list + images -> verification .bin", (RESIZE,)),
+    "check-data": Command("partial_fc.data.check", "verify a dataset end to end: records, labels, identities, "
+                                                   "images, md5", (JSON,)),
     "memory-plan": Command("partial_fc.head.memory_plan",
                            "per-rank memory of the head for a class count and world sizes", (JSON,)),
 }

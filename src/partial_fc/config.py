@@ -197,6 +197,19 @@ THREAD_SETTINGS = ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS", "OPENBLAS_NUM
                    "HOROVOD_CYCLE_TIME", "HOROVOD_FUSION_THRESHOLD")
 
 
+# What each launcher tells a worker its rank is: horovodrun, Open MPI's mpirun, MPICH / Intel MPI / srun.
+LAUNCHER_RANKS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
+
+def launcher_rank(environ: Mapping[str, str] | None = None) -> int | None:
+    """This worker's rank as its launcher set it, before any collective starts; None without a launcher."""
+    environ = os.environ if environ is None else environ
+    for key in LAUNCHER_RANKS:
+        if environ.get(key, "").strip().isdigit():
+            return int(environ[key])
+    return None
+
+
 def thread_settings(environ: Mapping[str, str] | None = None) -> dict:
     """The thread and Horovod settings of this process's launch environment (None where unset)."""
     environ = os.environ if environ is None else environ

@@ -198,6 +198,12 @@ class BackboneSync:
         return self._hvd.DistributedOptimizer(optimizer)
 
 
+def max_over_ranks(comm, value: float, name: str) -> float:
+    """The largest of every rank's `value` (one allreduce Max of one float): a flag any rank may raise, such
+    as the trainer's stop request at each step boundary (`pfc.stop_requested`)."""
+    return float(comm.allreduce(mx.nd.array([value]), "max", name).asscalar())
+
+
 def init(transport: str = "horovod"):
     """Start the chosen transport. Called once by the program, never at import time."""
     if transport == "horovod":

@@ -22,6 +22,7 @@ import pytest
 
 from partial_fc import checkpoint
 from partial_fc.data import records, synth
+from support.runs import losses_by_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
@@ -139,12 +140,16 @@ def _break_data(kind, d):
         with open(d / "train.rec", "r+b") as f:
             f.truncate(size // 2)
         return "is past the end of"
+    if kind == "last record cut":  # `truncate -s -10 train.rec`: every idx offset stays inside the file
+        os.truncate(d / "train.rec", os.path.getsize(d / "train.rec") - 10)
+        return "train.rec: truncated record"
     raise AssertionError(kind)
 
 
 @pytest.mark.parametrize("kind", ["missing idx", "missing rec", "unreadable rec", "unreadable idx",
                                   "unreadable property", "malformed property", "property class count",
-                                  "property image size", "label beyond num_classes", "offset past the end"])
+                                  "property image size", "label beyond num_classes", "offset past the end",
+                                  "last record cut"])
 def test_bad_dataset_files_stop_with_one_line(data, trained, tmp_path, kind):
     d = _copy_data(data, tmp_path)
     needle = _break_data(kind, d)
@@ -185,7 +190,8 @@ def _corrupt(d, keys_magic=(), keys_jpeg=(), truncate_last=False):
         last_image = 60  # synth: 20 identities x 3 images are keys 1..60
         with open(d / "train.rec", "r+b") as f:
             f.truncate(idx[last_image] + 40)
-        lines = [line for line in open(d / "train.idx") if int(line.split()[0]) <= last_image]
+        # Only the image keys stay: the header (key 0) and identity records lie after them in the file.
+        lines = [line for line in open(d / "train.idx") if 1 <= int(line.split()[0]) <= last_image]
         (d / "train.idx").write_text("".join(lines))
 
 
@@ -425,16 +431,7 @@ def test_a_rank_that_hangs_at_start_up_is_stopped_after_the_slow_timeout(data, t
 
 # --- 5. exact resume after a kill at a random step -------------------------------------------------------
 
-def _losses(output):
-    by_step = {}
-    for line in open(os.path.join(output, "metrics.jsonl")):
-        row = json.loads(line)
-        if "loss" in row:
-            by_step[row["step"]] = row["loss"]  # a resumed run repeats steps: the last one counts
-    return by_step
-
-
-def test_resume_after_kill_9_at_a_random_step_repeats_the_uninterrupted_losses(data, tmp_path):
+def test_resume_after_kill_9_at_a_random_step_repeats_the_uninterruptedlosses_by_step(data, tmp_path):
     total = 12
     kill_at = random.Random().randint(4, 10)
     print(f"killing at step {kill_at}")
@@ -457,7 +454,7 @@ def test_resume_after_kill_9_at_a_random_step_repeats_the_uninterrupted_losses(d
     p = _train(_env(PFC_OUTPUT=cut, PFC_RESUME=1, **settings), cmd=launch)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
 
-    want, got = _losses(full), _losses(cut)
+    want, got = losses_by_step(full), losses_by_step(cut)
     assert sorted(want) == list(range(1, total + 1))
     steps = list(range(saved + 1, total + 1))
     np.testing.assert_allclose([got[s] for s in steps], [want[s] for s in steps], rtol=1e-6, atol=0)

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-COS_CLAMP = 1.0 - 1e-6
+# The exact margin's slope s*m1*sin(m1*theta + m2)/sin(theta) has no bound as theta -> 0 or pi; float64 can
+# evaluate it down to theta ~ 1e-7, far below what a float32 cosine resolves (the operator: head/margin.py).
+COS_CLAMP = 1.0 - 1e-14
 
 
 @dataclass
@@ -23,7 +25,7 @@ class Dense:
 def target_logit(c, s, m1, m2, m3):
     if m1 == 1.0 and m2 == 0.0:
         return s * (c - m3)
-    return s * (np.cos(m1 * np.arccos(np.clip(c, -COS_CLAMP, COS_CLAMP)) + m2) - m3)
+    return s * (np.cos(m1 * np.arccos(np.clip(c, -1.0, 1.0)) + m2) - m3)
 
 
 def dense_loss(F, Y, W, classes, margins, s):
@@ -57,7 +59,7 @@ def dense(F, Y, W, classes, margins, s) -> Dense:
     if not (m1 == 1.0 and m2 == 0.0):
         cc = np.clip(c, -COS_CLAMP, COS_CLAMP)
         th = np.arccos(cc)
-        slope = s * m1 * np.sin(m1 * th + m2) / np.sin(th) * (cc == c)
+        slope = s * m1 * np.sin(m1 * th + m2) / np.sin(th)
         dcos[rows, col] = dz[rows, col] * slope
     dFh = dcos @ Wh
     dWh = dcos.T @ Fh

@@ -296,16 +296,8 @@ class RecordReader:
         return "" if key is None else f" (record key {key})"
 
 
-class RecordWriter:
-    """Writes `.rec` + `.idx` under temporary names; close() moves them into place, abort() removes them."""
-
-    def __init__(self, rec_path: str, idx_path: str):
-        self.rec_path, self.idx_path = rec_path, idx_path
-        suffix = f".tmp-{os.getpid()}"
-        self._tmp = (rec_path + suffix, idx_path + suffix)
-        self._rec = open(self._tmp[0], "wb")
-        self._idx = open(self._tmp[1], "w")
-        self._pos = 0
+class _Committing:
+    """A writer used as a context manager: close() on success (the files move into place), abort() on error."""
 
     def __enter__(self):
         return self
@@ -315,6 +307,18 @@ class RecordWriter:
             self.close()
         else:
             self.abort()
+
+
+class RecordWriter(_Committing):
+    """Writes `.rec` + `.idx` under temporary names; close() moves them into place, abort() removes them."""
+
+    def __init__(self, rec_path: str, idx_path: str):
+        self.rec_path, self.idx_path = rec_path, idx_path
+        suffix = f".tmp-{os.getpid()}"
+        self._tmp = (rec_path + suffix, idx_path + suffix)
+        self._rec = open(self._tmp[0], "wb")
+        self._idx = open(self._tmp[1], "w")
+        self._pos = 0
 
     def write(self, key: int, record: bytes):
         """Append `record` under `key` (keys are written in the order given)."""
@@ -355,7 +359,7 @@ class RecordWriter:
 LAYOUTS = ("insightface", "recbuilder")
 
 
-class FaceRecWriter:
+class FaceRecWriter(_Committing):
     """Writes a face dataset identity by identity, in the bytes one of insightface's writers produces.
 
     "insightface", as its dataset tool src/data/dataset_merge.py writes it: each identity's images on
@@ -376,15 +380,6 @@ class FaceRecWriter:
         self._next = 1 if layout == "insightface" else 0
         self._ranges: list[tuple[int, int, int]] = []   # (label, first key, end key) per identity
         self._closed = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def add(self, label: int, images) -> tuple[int, int]:
         """Write one identity's encoded images (an iterable of bytes); returns its (first key, end key)."""

@@ -5,8 +5,9 @@ For a cosine c between a normalised feature and a normalised center:
     target logit      z_y = s * (cos(m1 * theta + m2) - m3),   theta = arccos(c)
 ArcFace is (m1, m2, m3) = (1, 0.5, 0), CosFace (1, 0, 0.4); any combination is allowed.
 
-Pure math on MXNet NDArrays, no communication. The gradient is the exact derivative of the function as
-computed, including the clamp that keeps arccos away from |c| = 1 (zero slope where it clamps).
+Pure math on MXNet NDArrays, no communication. The target logit is exact for every c in [-1, 1]; its slope
+dz_y/dc = s * m1 * sin(m1 * theta + m2) / sin(theta) is exact wherever a float32 cosine can tell theta from 0
+or pi, and held at its value there beyond (docs/design.md §3, "The margin's slope near θ = 0").
 """
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ import numpy as np
 
 from .softmax import set_entries
 
-# arccos has an infinite slope at +-1; float32 cosines can land on or slightly past it.
-COS_CLAMP = 1.0 - 1e-6
+# The slope ~ s * m1 * sin(m2) / theta grows without bound as theta -> 0 (and as theta -> pi). The largest
+# float32 below 1, 1 - 2^-24, is the cosine of theta = 3.45e-4 rad, the smallest angle a float32 cosine can
+# express: every cosine a float32 step computes short of +-1 gets its exact slope, and +-1 itself (any
+# theta below ~2.4e-4, or a cosine rounded past 1) the slope at the clamp, finite and pulling the same way.
+# (A clamp at 1 - 1e-6 with zero slope beyond it stopped the target's pull below theta = 1.4e-3.)
+COS_CLAMP = 1.0 - 2.0 ** -24
 
 
 @dataclass(frozen=True)
@@ -37,13 +42,13 @@ class Margin:
         """Target logits z_y and dz_y/dc for target cosines c [N] (elementwise)."""
         if self.is_cosine_only:
             return self.s * (c - self.m3), mx.nd.full(c.shape, self.s, ctx=c.context, dtype=c.dtype)
+        # The logit at the cosine as given (rounded past +-1 counts as +-1): the loss stays exact near 0 and pi.
+        z = self.s * (mx.nd.cos(self.m1 * mx.nd.arccos(mx.nd.clip(c, -1.0, 1.0)) + self.m2) - self.m3)
+        # d cos(m1*acos(c) + m2)/dc = m1 * sin(phi) / sin(theta), evaluated at the clamped cosine: exact for
+        # |c| <= COS_CLAMP, the clamp's (finite, non-zero) value beyond.
+        # sin(theta) as sqrt((1 - c)(1 + c)): 1 -+ c is exact in float32 near +-1, sin(arccos(c)) is not near -1.
         cc = mx.nd.clip(c, -COS_CLAMP, COS_CLAMP)
-        theta = mx.nd.arccos(cc)
-        phi = self.m1 * theta + self.m2
-        z = self.s * (mx.nd.cos(phi) - self.m3)
-        # d cos(m1*acos(c) + m2)/dc = m1 * sin(phi) / sin(theta); zero where the clamp is active.
-        slope = self.s * self.m1 * mx.nd.sin(phi) / mx.nd.sin(theta)
-        slope = slope * (c == cc)
+        slope = self.s * self.m1 * mx.nd.sin(self.m1 * mx.nd.arccos(cc) + self.m2) / mx.nd.sqrt((1 - cc) * (1 + cc))
         return z, slope
 
 

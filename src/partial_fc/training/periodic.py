@@ -44,11 +44,17 @@ class Checkpointer:
     def __init__(self, cfg: Config, comm, mod, sym, fc, num_classes: int, scaler, *, last: int):
         self.cfg, self.comm, self.mod, self.sym, self.fc = cfg, comm, mod, sym, fc
         self.num_classes, self.scaler, self.last = num_classes, scaler, last
+        self.last_saved, self.last_path = None, None  # the step and manifest of this run's latest save
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cfg.save_checkpoints)
 
     def should_save(self, done: int) -> bool:
-        return self.cfg.save_checkpoints and (done % self.cfg.save_every == 0 or done == self.last)
+        return self.enabled and (done % self.cfg.save_every == 0 or done == self.last)
 
-    def save(self, done: int) -> None:
+    def save(self, done: int) -> str:
+        """Every rank: write the checkpoint of `done` steps; returns its manifest's path."""
         cfg, mod = self.cfg, self.mod
         arg, aux = mod.get_params()
         meta = dict(network=cfg.network, num_classes=self.num_classes, embedding_size=cfg.embedding_size,
@@ -58,5 +64,7 @@ class Checkpointer:
         path = checkpoint.save(cfg.output, done, comm=self.comm, symbol=self.sym, arg_params=arg, aux_params=aux,
                                save_states=mod.save_optimizer_states, centers=self.fc.bank.numpy(), meta=meta,
                                keep=cfg.keep_checkpoints, bank_dtype=self.fc.bank.dtype)
+        self.last_saved, self.last_path = done, path
         if self.comm.rank == 0:
             print(f"saved checkpoint {path}", flush=True)
+        return path
