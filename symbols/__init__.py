@@ -3,12 +3,13 @@
     import symbols
     sym = symbols.get_symbol("r100", embedding_size=512, fp16=False)
 
+Networks: iresnet r18 ... r200 (iresnet.py), MobileFaceNet mbf (mbf.py), MNasNet at width 0.5 mnas05 (mnas.py).
 Every network maps ``data`` (float32 [B,3,112,112], raw RGB pixels 0..255) to the float32 embedding ``fc1``
 [B, embedding_size]; see symbols/common.py for the whole contract. Builders never read a global config.
 """
 from functools import partial
 
-from . import iresnet, mbf
+from . import iresnet, mbf, mnas
 from .common import num_parameters
 
 _BUILDERS = {
@@ -18,6 +19,7 @@ _BUILDERS = {
     "r100": partial(iresnet.get_symbol, num_layers=100),
     "r200": partial(iresnet.get_symbol, num_layers=200),
     "mbf": mbf.get_symbol,
+    "mnas05": partial(mnas.get_symbol, width=0.5),  # MNasNet width 0.5: 1,668,600 parameters at D = 512
 }
 NETWORKS = tuple(_BUILDERS)
 

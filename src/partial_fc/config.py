@@ -38,6 +38,9 @@ DATASETS: dict[str, dict] = {
     "synthetic_100m": {"num_classes": 100_000_000},
 }
 
+# PFC_LOSS=triplet trains the embedding with a margin triplet loss and no FC head (head/triplet.py).
+TRIPLET = "triplet"
+
 # Margin presets users pick with PFC_LOSS: (m1, m2, m3) of z_y = s * (cos(m1 * theta + m2) - m3) (head/margin.py).
 LOSSES: dict[str, tuple[float, float, float]] = {
     "arcface": (1.0, 0.5, 0.0),     # ArcFace, arXiv 1801.07698
@@ -60,7 +63,8 @@ class Config:
                                        # K = K recurring identities, each its own image, so the loss can fall
     max_bad_fraction: float = 0.001    # stop when more than this fraction of decoded records is corrupt
     # --- head ---
-    loss: str = "arcface"              # arcface | cosface | combined | softmax (a preset of m1, m2, m3)
+    loss: str = "arcface"              # arcface | cosface | combined | softmax (a preset of m1, m2, m3);
+                                       # triplet: P x K batches, margin triplet loss, no FC head
     margin_s: float = 64.0             # logit scale s
     margin_m1: float = -1.0            # < 0: take m1, m2, m3 from the loss preset
     margin_m2: float = -1.0
@@ -79,6 +83,19 @@ class Config:
     lr_steps: str = "100000,160000,220000"  # steps at which lr is divided by 10
     warmup_steps: int = 0
     max_steps: int = 0                 # 0: the last lr step + 20000 (the dataset schedule)
+    lr_schedule: str = "step"          # step: lr / 10 at each of lr_steps; poly: (1 - progress)^lr_power after
+                                       # the warmup (arcface_torch's default); both warm up linearly
+    lr_power: float = 2.0              # exponent of the poly schedule
+    # --- starting from a model (training/pretrained.py) ---
+    pretrained: str = ""               # PREFIX,EPOCH of an MXNet model, or a model-NNNN.json manifest: the
+                                       # backbone starts from it (new head, fresh optimizer); "" from the seed
+    pretrained_strict: bool = True     # False: parameters the network has and the file lacks start from the
+                                       # seed, and the file's extra ones are ignored (both listed at start)
+    init_centers: str = "random"       # random | imprint: each center the normalised mean embedding of its
+                                       # class's training images under the pretrained backbone
+    freeze_backbone_steps: int = 0     # the first K steps update only the head (the backbone is not updated)
+    triplet_margin: float = 0.3        # PFC_LOSS=triplet: margin of max(d(a,p) - d(a,n) + margin, 0)
+    triplet_images: int = 4            # PFC_LOSS=triplet: K images per identity in a batch (B = P x K)
     # --- run ---
     network: str = "r100"              # a name of symbols.NETWORKS
     dropout: float = 0.0               # dropout before the embedding FC (0.4 helps small datasets)
@@ -104,6 +121,8 @@ class Config:
                                        # around the head, so leave it off for real runs (bench train sets it)
     # fields derived in __post_init__ (not environment keys)
     margins: tuple = field(default=(), init=False, repr=False)
+    pretrained_from: dict = field(default_factory=dict, init=False, repr=False)  # set by training/pretrained.py:
+                                       # what the backbone was loaded from, recorded in config.json
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -113,9 +132,10 @@ class Config:
         # PFC_NUM_CLASSES is given, which must then agree with it.
         if self.num_classes == 0 and not self.data_dir:
             self.num_classes = DATASETS[self.dataset]["num_classes"]
-        if self.loss not in LOSSES:
-            raise ConfigError(f"PFC_LOSS={self.loss!r} is not a known loss (known: {', '.join(LOSSES)})")
-        preset = LOSSES[self.loss]
+        if self.loss not in LOSSES and self.loss != TRIPLET:
+            known = ", ".join((*LOSSES, TRIPLET))
+            raise ConfigError(f"PFC_LOSS={self.loss!r} is not a known loss (known: {known})")
+        preset = LOSSES.get(self.loss, LOSSES["softmax"])  # triplet has no margin softmax
         self.margins = tuple(p if v < 0 else v for p, v in zip(preset, (self.margin_m1, self.margin_m2, self.margin_m3)))
         checks = [
             (self.num_classes >= 1 or (self.data_dir and self.num_classes == 0), "PFC_NUM_CLASSES", "must be >= 1"),
@@ -142,6 +162,21 @@ class Config:
             (self.eval_batch_size >= 1, "PFC_EVAL_BATCH_SIZE", "must be >= 1"),
             (self.collective_timeout >= 0 and self.slow_timeout >= 0, "PFC_COLLECTIVE_TIMEOUT / PFC_SLOW_TIMEOUT",
              "must be >= 0 seconds"),
+            (self.lr_schedule in ("step", "poly"), "PFC_LR_SCHEDULE", "must be 'step' or 'poly'"),
+            (self.lr_power > 0, "PFC_LR_POWER", "must be > 0"),
+            (self.init_centers in ("random", "imprint"), "PFC_INIT_CENTERS", "must be 'random' or 'imprint'"),
+            (self.init_centers == "random" or bool(self.pretrained), "PFC_INIT_CENTERS",
+             "=imprint needs PFC_PRETRAINED (the centers are the pretrained backbone's embeddings)"),
+            (self.init_centers == "random" or bool(self.data_dir), "PFC_INIT_CENTERS",
+             "=imprint needs PFC_DATA_DIR (the training images to embed)"),
+            (self.freeze_backbone_steps >= 0, "PFC_FREEZE_BACKBONE_STEPS", "must be >= 0"),
+            (self.triplet_margin >= 0, "PFC_TRIPLET_MARGIN", "must be >= 0"),
+            (self.triplet_images >= 2, "PFC_TRIPLET_IMAGES", "must be >= 2 (an anchor needs a positive)"),
+            (self.loss != TRIPLET or self.batch_size % max(self.triplet_images, 1) == 0, "PFC_BATCH_SIZE",
+             f"must be a multiple of PFC_TRIPLET_IMAGES={self.triplet_images} with PFC_LOSS=triplet"),
+            (self.loss != TRIPLET or bool(self.data_dir), "PFC_LOSS", "=triplet needs PFC_DATA_DIR (P x K batches)"),
+            (self.loss != TRIPLET or self.init_centers == "random", "PFC_INIT_CENTERS",
+             "=imprint has no centers to fill with PFC_LOSS=triplet"),
         ]
         for ok, key, why in checks:
             if not ok:

@@ -42,7 +42,7 @@ def test_unknown_key_is_rejected_by_name():
     ("PFC_BATCH_SIZE", "0", "must be >= 1"),
     ("PFC_FP16", "maybe", "is not a boolean"),
     ("PFC_DATASET", "imagenet", "not a known dataset"),
-    ("PFC_LOSS", "triplet", "not a known loss"),
+    ("PFC_LOSS", "focal", "not a known loss"),
     ("PFC_COMM", "nccl", "PFC_COMM"),
     ("PFC_MEMORY_BANK", "disk", "PFC_MEMORY_BANK"),
     ("PFC_LR_STEPS", "10,x", "comma-separated integers"),

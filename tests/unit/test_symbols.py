@@ -43,7 +43,7 @@ def bind_initialised(sym, seed):
 
 
 def test_registry_lists_the_networks():
-    assert symbols.NETWORKS == ("r18", "r34", "r50", "r100", "r200", "mbf")
+    assert symbols.NETWORKS == ("r18", "r34", "r50", "r100", "r200", "mbf", "mnas05")
 
 
 @pytest.mark.parametrize("name", symbols.NETWORKS)
@@ -86,6 +86,24 @@ def test_parameter_count_matches_the_published_one(name):
     published = PUBLISHED_MILLIONS[name]
     assert abs(millions - published) <= 0.02 * published, \
         f"{name}: {millions:.3f} M parameters, published {published} M (2% tolerance)"
+
+
+# This project's own counts (no published figure fits: mnas05 is MNasNet-B1 at width 0.5 with the face head).
+OWN_COUNTS = {("mnas05", 512): 1_668_600, ("mnas05", 128): 1_176_312}
+
+
+@pytest.mark.parametrize("name,dim", sorted(OWN_COUNTS))
+def test_parameter_count_of_the_networks_without_a_published_one(name, dim):
+    assert symbols.num_parameters(symbols.get_symbol(name, embedding_size=dim)) == OWN_COUNTS[name, dim]
+
+
+def test_mnasnet_width_rounding_and_final_map():
+    from symbols import mnas
+    # torchvision's mnasnet0_5 widths: 32, 16, 24, 40, 80, 96, 192, 320 at width 0.5 -> multiples of 8.
+    widths = [mnas.scaled_width(c, 0.5) for c in (32, 16, 24, 40, 80, 96, 192, 320)]
+    assert widths == [16, 8, 16, 24, 40, 48, 96, 160]
+    internals = symbols.get_symbol("mnas05").get_internals()
+    assert internals["conv_last_relu_output"].infer_shape(data=BATCH)[1] == [(2, 1280, 7, 7)]
 
 
 def test_mobilefacenet_is_about_the_size_of_the_paper():

@@ -251,6 +251,17 @@ class MemoryBank:
             self.weight[index] = w
             self.mom[index] = m
 
+    def write_rows(self, index: np.ndarray, rows: np.ndarray) -> None:
+        """Set the centers of shard rows `index` (int64 [n], sorted unique) to float32 `rows` [n, D], rounded once
+        to the storage dtype; their momentum is left as it is (center imprinting, head/imprint.py)."""
+        index = np.asarray(index, dtype=np.int64)
+        if index.size == 0:
+            return
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        contiguous = bool(index[-1] - index[0] + 1 == index.size)
+        self._put(self.weight, index, contiguous, rows if self.dtype == "float32" else from_float32(rows, self.dtype))
+        mx.nd.waitall()
+
     def numpy(self) -> tuple[np.ndarray, np.ndarray]:
         """(centers, momentum) as host numpy arrays in the storage dtype (bfloat16: uint16 bits), for
         checkpoints and tests. Host storage returns the arrays themselves (no copy)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import time
 import zlib
 
 import mxnet as mx
@@ -18,12 +19,28 @@ import numpy as np
 import symbols
 
 from .. import checkpoint
-from ..config import Config, ConfigError
+from ..config import TRIPLET, Config, ConfigError
 from ..data import loader
+from ..data.pk_sampler import PKFaceIter
 from ..head.memory_bank import MemoryBank
 from ..head.sharding import shard_range
+from . import imprinting, pretrained
 
 IMAGE_SHAPE = (3, 112, 112)
+# How long a rank other than 0 holds back its error line (see let_rank_0_speak).
+SECOND_VOICE_S = 5.0
+
+
+def let_rank_0_speak(rank: int | None) -> None:
+    """Called by a failing rank before it prints its one-line error.
+
+    A bad setting, a missing dataset or a non-finite loss is found by every rank at once: W copies of the
+    line (and, under horovodrun, its traceback after each) bury it. A rank other than 0 therefore waits a
+    few seconds first: when rank 0 found the same, it has printed it and exited, and the launcher stops this
+    rank during the wait (horovodrun at once; mpirun after its odls_base_sigkill_timeout); when only this
+    rank found it, nobody stops it and its line follows. Without a launcher (rank None) nothing waits."""
+    if rank:
+        time.sleep(SECOND_VOICE_S)
 
 
 def context(comm) -> mx.Context:
@@ -75,6 +92,10 @@ def open_data(cfg: Config, comm, start_step: int):
     if len(ds) < cfg.batch_size * comm.size:
         raise ConfigError(f"{cfg.data_dir}: {len(ds)} images, fewer than one global batch "
                           f"({cfg.batch_size} x {comm.size} workers)")
+    if cfg.loss == TRIPLET:  # P identities x K images per rank (data/pk_sampler.py)
+        it = PKFaceIter(ds, cfg.batch_size, comm.rank, comm.size, cfg.triplet_images, seed=cfg.seed,
+                        start_step=start_step, threads=cfg.data_threads, max_bad_fraction=cfg.max_bad_fraction)
+        return it, ds.num_classes
     it = loader.FaceIter(ds, cfg.batch_size, comm.rank, comm.size, seed=cfg.seed, start_step=start_step,
                          threads=cfg.data_threads, max_bad_fraction=cfg.max_bad_fraction)
     return it, ds.num_classes
@@ -110,6 +131,13 @@ def bind_backbone(cfg: Config, ctx, ckpt):
     if ckpt is not None:
         arg, aux = ckpt.backbone()
         mod.init_params(arg_params=arg, aux_params=aux, allow_missing=False, allow_extra=False)
+    elif cfg.pretrained:  # PFC_PRETRAINED: a new run from a model (training/pretrained.py); resuming wins over it
+        source = pretrained.load(cfg, sym)
+        mx.random.seed(cfg.seed)  # what the file lacks (PFC_PRETRAINED_STRICT=0) starts as a fresh run's would
+        mod.init_params(initializer=mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2),
+                        arg_params=source.arg_params, aux_params=source.aux_params,
+                        allow_missing=bool(source.missing or source.reshaped), allow_extra=False)
+        cfg.pretrained_from = dict(source.describe(), summary=source.summary())
     else:
         mx.random.seed(cfg.seed)
         mod.init_params(initializer=mx.init.Xavier(rnd_type="gaussian", factor_type="out", magnitude=2))
@@ -126,8 +154,15 @@ def check_bank_fits_one_ndarray(cfg: Config, comm, num_classes: int) -> None:
                           f"NDArray can hold in this build: set PFC_MEMORY_BANK=host, or use more workers")
 
 
-def bank(cfg: Config, comm, ckpt, num_classes: int, ctx) -> MemoryBank | None:
-    """This rank's shard of the checkpoint's centers and momentum; None for a fresh run."""
+def bank(cfg: Config, comm, ckpt, num_classes: int, ctx, backbone=None, data=None) -> MemoryBank | None:
+    """This rank's shard of the checkpoint's centers and momentum; for a fresh run with PFC_INIT_CENTERS=imprint,
+    the centers imprinted by `backbone` from `data`'s images; None for another fresh run (or a triplet run)."""
+    if cfg.loss == TRIPLET:
+        return None  # no centers
+    if ckpt is None and cfg.init_centers == "imprint":
+        imprinted, cfg.pretrained_from["imprinted"] = imprinting.imprinted_bank(cfg, comm, backbone, data.dataset,
+                                                                               num_classes, ctx)
+        return imprinted
     if ckpt is None:
         return None  # PartialFC creates a fresh shard from the seed
     start, count = shard_range(num_classes, comm.size, comm.rank)
@@ -147,13 +182,19 @@ def banner(cfg: Config, comm, fc, num_classes, start_step, total_steps, bins, ck
         f"{'GPU' if mx.context.num_gpus() else 'CPU'}",
         f"  network {cfg.network} (D={cfg.embedding_size}{', fp16' if cfg.fp16 else ''}), "
         f"{num_classes} classes, this rank holds [{fc.start}, {fc.start + fc.count}), sample rate {cfg.sample_rate}",
-        f"  loss {cfg.loss} s={cfg.margin_s} m={cfg.margins}, batch {cfg.batch_size}/worker "
-        f"({cfg.batch_size * comm.size} global), lr {cfg.lr} per 512 (steps {cfg.lr_steps}, warmup "
-        f"{cfg.warmup_steps})",
+        (f"  loss triplet margin={cfg.triplet_margin} ({cfg.batch_size // cfg.triplet_images} identities x "
+         f"{cfg.triplet_images} images per worker, no FC head)" if cfg.loss == TRIPLET else
+         f"  loss {cfg.loss} s={cfg.margin_s} m={cfg.margins}") + f", batch {cfg.batch_size}/worker "
+        f"({cfg.batch_size * comm.size} global), lr {cfg.lr} per 512 ("
+        + (f"poly power {cfg.lr_power}" if cfg.lr_schedule == "poly" else f"steps {cfg.lr_steps}")
+        + f", warmup {cfg.warmup_steps})",
         f"  data {cfg.data_dir or 'synthetic images'}; verification sets: "
         f"{', '.join(os.path.basename(b) for b in bins) or 'none'}",
         f"  steps {start_step} -> {total_steps}" + (f" (resumed from {ckpt.path})" if ckpt else "")
         + f"; output {cfg.output}",
-        "  config: " + " ".join(f"{k}={v}" for k, v in sorted(json_config(cfg).items())),
+        *([f"  {cfg.pretrained_from['summary']}"] if "summary" in cfg.pretrained_from and not ckpt else []),
+        *([f"  centers imprinted: {cfg.pretrained_from['imprinted']['classes']} of {num_classes} classes from "
+           f"{cfg.pretrained_from['imprinted']['images']} images"] if "imprinted" in cfg.pretrained_from else []),
+        "  config: " + " ".join(f"{k}={v}" for k, v in sorted(json_config(cfg).items()) if k != "pretrained_from"),
     ]
     return "\n".join(lines)

@@ -11,8 +11,9 @@ The module reads top to bottom, as Horovod's MXNet examples do:
     2. one step    train_step(): forward, the head's forward_backward (with its own collectives), the
                    non-finite checks, backward with the head's feature gradients, the overflow check, both
                    updates (or, in fp16, the skipped step); it returns the global loss.
-    3. the loop    train(): per step the watchdog's phase around the step and its report, then verification
-                   and checkpoint saving when each says the step is theirs (periodic.py).
+    3. the loop    train(): per step the stop check (a SIGTERM / SIGINT on any rank stops every rank here, after
+                   a checkpoint: preemption.py), the watchdog's phase around the step and its report, then
+                   verification and checkpoint saving when each says the step is theirs (periodic.py).
     4. the command add_arguments() and run(): `partial-fc train [--test-io]`.
 
 Lines that exist only for distribution carry a `# Horovod:` comment. The start-up helpers and checks live
@@ -41,11 +42,14 @@ from ..data import loader
 from ..errors import UserError
 from ..head.margin import Margin
 from ..head.operator import PartialFC
+from ..head.triplet import TripletHead
 from . import startup
 from .loss_scale import LossScaler
 from .periodic import Checkpointer, Verification
+from . import preemption
+from .preemption import Preempted, Preemption
 from .report import Reporter
-from .schedule import learning_rate, scaled_base
+from .schedule import scaled_base, scheduled
 from .watchdog import Watchdog
 
 
@@ -122,9 +126,13 @@ def setup(cfg: Config, comm, sync, ctx, cleanup: contextlib.ExitStack) -> Traine
         mod.load_optimizer_states(ckpt.states_path)
 
     startup.check_bank_fits_one_ndarray(cfg, comm, num_classes)
-    fc = PartialFC(comm, num_classes, cfg.embedding_size, Margin(cfg.margin_s, *cfg.margins), cfg.sample_rate,
-                   seed=cfg.seed, ctx=ctx, storage=cfg.memory_bank, momentum=cfg.momentum, wd=cfg.weight_decay,
-                   bank_dtype=cfg.bank_dtype, bank=startup.bank(cfg, comm, ckpt, num_classes, ctx))
+    if cfg.loss == config.TRIPLET:  # no FC head: a margin triplet loss over the global batch (head/triplet.py)
+        fc = TripletHead(comm, cfg.embedding_size, cfg.triplet_margin, ctx=ctx)
+    else:  # the centers: from the checkpoint, imprinted (PFC_INIT_CENTERS=imprint), or fresh from the seed
+        fc = PartialFC(comm, num_classes, cfg.embedding_size, Margin(cfg.margin_s, *cfg.margins), cfg.sample_rate,
+                       seed=cfg.seed, ctx=ctx, storage=cfg.memory_bank, momentum=cfg.momentum, wd=cfg.weight_decay,
+                       bank_dtype=cfg.bank_dtype,
+                       bank=startup.bank(cfg, comm, ckpt, num_classes, ctx, backbone=mod, data=data))
 
     report = Reporter(cfg.output, active=comm.rank == 0, world_size=comm.size, batch_size=cfg.batch_size,
                       total_steps=total_steps, frequent=cfg.frequent, start_step=start_step,
@@ -178,12 +186,16 @@ def train_step(t: Trainer, step: int, lr: float, head: _HeadTimer) -> float:
     _warn_bad_records(t.data, cfg, comm.rank)
     t.sgd.lr = lr
     mx.random.seed(cfg.seed * 1_000_003 + step * 1009 + comm.rank)  # dropout: a function of the step
-    mod.forward(mx.io.DataBatch([mx.nd.array(images, ctx=t.ctx)]), is_train=True)
+    frozen = step < cfg.freeze_backbone_steps  # PFC_FREEZE_BACKBONE_STEPS: the backbone as a fixed function
+    mod.forward(mx.io.DataBatch([mx.nd.array(images, ctx=t.ctx)]), is_train=not frozen)
     features = mod.get_outputs()[0]
     out = head(t.fc.forward_backward, features, labels, step)
     if not np.isfinite(out.loss):
         raise TrainingError(f"step {step}: the loss is {out.loss}; stopping before the update so the "
                             f"last checkpoint stays good (lower PFC_LR?)")
+    if frozen:  # only the head learns (the same steps on every rank: no backbone collective runs)
+        head(t.fc.update, out, scheduled(cfg, step, t.bank_lr))
+        return out.loss
     scale = t.scaler.scale if t.scaler else 1.0
     mod.backward(out_grads=[out.feature_grad * scale] if t.scaler else [out.feature_grad])
     overflow = gradients_overflow(mod, comm)  # every rank learns whether any rank's gradients are finite
@@ -194,7 +206,7 @@ def train_step(t: Trainer, step: int, lr: float, head: _HeadTimer) -> float:
     if t.scaler is None or t.scaler.update(overflow):
         t.sgd.rescale_grad = t.rescale / scale
         mod.update()  # Horovod: DistributedOptimizer allreduces the backbone gradients before the update
-        head(t.fc.update, out, learning_rate(step, t.bank_lr, cfg.lr_step_list, cfg.warmup_steps))
+        head(t.fc.update, out, scheduled(cfg, step, t.bank_lr))
     else:
         t.report.info(f"step {step}: fp16 gradients overflowed on some rank; step skipped on every rank, "
                       f"loss scale now {t.scaler.scale:g}")
@@ -259,14 +271,23 @@ def train(cfg: Config) -> list[float]:
     with contextlib.ExitStack() as cleanup, _collective_failures(comm):
         watchdog = Watchdog(comm, cfg.collective_timeout)
         cleanup.callback(watchdog.close)
+        stopper = Preemption(comm)  # SIGTERM / SIGINT: every rank stops at one step boundary, after a save
+        stopper.install()
+        cleanup.callback(stopper.close)
         # Start-up (indexing a large rec, binding, the parameter broadcast) may keep one rank waiting for another.
         with watchdog.watch("start-up", cfg.slow_timeout, "PFC_SLOW_TIMEOUT"):
             t = setup(cfg, comm, sync, ctx, cleanup)
         for step in range(t.start_step, t.total_steps):
             # The first step also pays for MXNet's lazy initialisation: give it the longer allowance.
             limit = (cfg.slow_timeout, "PFC_SLOW_TIMEOUT") if step == t.start_step else ()
+            with watchdog.watch(f"step {step}", *limit):
+                signum = stopper.stop_agreed()  # Horovod: collective, so every rank stops at the same step
+            if signum:
+                with watchdog.watch(f"saving the checkpoint of step {step} on a stop signal", cfg.slow_timeout,
+                                    "PFC_SLOW_TIMEOUT"):
+                    raise stopper.stop(signum, step, t.start_step, t.checkpointer, cfg.output)
             with watchdog.watch(f"step {step}", *limit, step=True):
-                lr = learning_rate(step, t.base_lr, cfg.lr_step_list, cfg.warmup_steps)
+                lr = scheduled(cfg, step, t.base_lr)
                 head = _HeadTimer(cfg.profile, comm)
                 losses.append(train_step(t, step, lr, head))
                 t.report.step(step, losses[-1], lr, **head.metrics())
@@ -315,6 +336,16 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """`partial-fc train`: the settings come from PFC_*; --test-io only reads and decodes."""
+    try:
+        return _command(args)
+    except Preempted as e:  # rank 0's line speaks for the job; under a launcher every rank ends at once
+        return preemption.leave(e, launched=config.launcher_rank() is not None)
+    except UserError:
+        startup.let_rank_0_speak(config.launcher_rank())  # one line per job for what every rank finds
+        raise
+
+
+def _command(args) -> int:
     cfg = config.load()
     if args.test_io:
         if not cfg.data_dir:
