@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MXNET_CPU_WORKER_NTHREADS=1
 # ranks the order of a sum depends on timing; without it the exact-resume tests can be exact.
 export HOROVOD_FUSION_THRESHOLD=0
 
-limit=${PFC_TEST_TIMEOUT:-900}   # seconds per tier: a hung collective fails the run instead of stalling it
+limit=${PFC_TEST_TIMEOUT:-1800}  # seconds per tier: a hung collective fails the run instead of stalling it
 mpi=(mpirun --oversubscribe --bind-to none)
 [ "$(id -u)" -ne 0 ] || mpi+=(--allow-run-as-root)
 pytest=(python -m pytest -q --color=no)

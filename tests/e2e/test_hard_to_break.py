@@ -431,7 +431,7 @@ def test_a_rank_that_hangs_at_start_up_is_stopped_after_the_slow_timeout(data, t
 
 # --- 5. exact resume after a kill at a random step -------------------------------------------------------
 
-def test_resume_after_kill_9_at_a_random_step_repeats_the_uninterruptedlosses_by_step(data, tmp_path):
+def test_resume_after_kill_9_at_a_random_step_repeats_the_uninterrupted_losses(data, tmp_path):
     total = 12
     kill_at = random.Random().randint(4, 10)
     print(f"killing at step {kill_at}")
