@@ -10,7 +10,9 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -26,6 +28,20 @@ GIB = 2.0 ** 30
 
 class BenchError(UserError, ValueError):
     """A benchmark cannot run as asked (an unsupported option, a missing launcher)."""
+
+
+def executable(name: str) -> str:
+    """`name` from this Python's bin folder (the venv), else from PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), name)
+    found = here if os.access(here, os.X_OK) else shutil.which(name)
+    if not found:
+        raise BenchError(f"{name}: not found next to {sys.executable} nor on PATH (install the project first)")
+    return found
+
+
+def horovodrun_local(workers: int) -> list[str]:
+    """Horovod: one process per worker on this machine over Gloo, as scripts/example.sh launches training."""
+    return [executable("horovodrun"), "-np", str(workers), "-H", f"localhost:{workers}", "--gloo"]
 
 
 def check_bank_dtype(dtype: str) -> None:

@@ -123,8 +123,8 @@ def process_usage(pid: int) -> dict:
 def run_head(steps: int, workers: int, work: str, log) -> dict:
     out_dir = os.path.join(work, "head")
     os.makedirs(out_dir)
-    cmd = [*_launcher(workers), "env", *(f"{k}={v}" for k, v in _threads(workers).items()),
-           _executable("partial-fc"), "bench", "soak", "--head-worker", out_dir, "--head-steps", str(steps)]
+    cmd = [*common.horovodrun_local(workers), "env", *(f"{k}={v}" for k, v in _threads(workers).items()),
+           common.executable("partial-fc"), "bench", "soak", "--head-worker", out_dir, "--head-steps", str(steps)]
     print(f"bench soak: head, {steps} steps on {workers} ranks ...", file=log, flush=True)
     t0 = time.perf_counter()
     rc, lines = _stream(cmd)
@@ -154,8 +154,9 @@ def run_trainer(seconds: float, workers: int, checkpoint_steps: int, keep: int, 
         "PFC_KEEP_CHECKPOINTS": str(keep), "PFC_VERBOSE": str(10 ** 9), "PFC_FREQUENT": "10",
         "PFC_TENSORBOARD": "0", "PFC_SAVE_CHECKPOINTS": "1", "PFC_COMM": "horovod", "PFC_PROFILE": "0",
     }
-    cmd = [*_launcher(workers), "env", *(f"{k}={v}" for k, v in {**_threads(workers), **settings}.items()),
-           _executable("partial-fc"), "train"]
+    worker_env = {**_threads(workers), **settings}
+    cmd = [*common.horovodrun_local(workers), "env", *(f"{k}={v}" for k, v in worker_env.items()),
+           common.executable("partial-fc"), "train"]
     print(f"bench soak: trainer for {seconds:g} s on {workers} ranks ...", file=log, flush=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             text=True, errors="replace", start_new_session=True)
@@ -268,7 +269,7 @@ def benchmark(head_steps=DEFAULT_HEAD_STEPS, trainer_seconds=DEFAULT_TRAINER_SEC
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = {"benchmark": "soak", "machine": common.machine_info(), "workers": workers,
-              "launcher": " ".join(_launcher(workers)), "worker_threads": _threads(workers), "head": head,
+              "launcher": " ".join(common.horovodrun_local(workers)), "worker_threads": _threads(workers), "head": head,
               "trainer": trainer,
               "targets": targets(head, trainer)}
     common.emit(report, format_table, as_json, out)
@@ -361,22 +362,9 @@ def format_table(report: dict) -> str:
 
 # --- helpers ------------------------------------------------------------------------------------------------
 
-def _executable(name: str) -> str:
-    here = os.path.join(os.path.dirname(sys.executable), name)
-    found = here if os.access(here, os.X_OK) else shutil.which(name)
-    if not found:
-        raise common.BenchError(f"{name}: not found next to {sys.executable} nor on PATH (install the project first)")
-    return found
-
-
 def _threads(workers: int) -> dict:
     """Each rank's thread settings: the cores shared out, one MXNet engine worker (as config.sh sets them)."""
     return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers)), "MXNET_CPU_WORKER_NTHREADS": "1"}
-
-
-def _launcher(workers: int) -> list[str]:
-    # Horovod: one process per rank on this machine over Gloo, as scripts/example.sh launches training.
-    return [_executable("horovodrun"), "-np", str(workers), "-H", f"localhost:{workers}", "--gloo"]
 
 
 def _stream(cmd) -> tuple[int, list[str]]:

@@ -97,7 +97,7 @@ def benchmark(classes=DEFAULT_CLASSES, rates=DEFAULT_RATES, workers=DEFAULT_WORK
     omp_threads = omp_threads or max(1, cores // workers)
     threads = {"OMP_NUM_THREADS": str(omp_threads), "MXNET_CPU_WORKER_NTHREADS": "1"}
     launcher = _launcher(workers)
-    trainer = _executable("partial-fc")
+    trainer = common.executable("partial-fc")
 
     t_start = time.perf_counter()
     results, skipped = [], []
@@ -136,20 +136,8 @@ def benchmark(classes=DEFAULT_CLASSES, rates=DEFAULT_RATES, workers=DEFAULT_WORK
     return report
 
 
-def _executable(name: str) -> str:
-    """`name` from this Python's bin folder (the venv), else from PATH."""
-    here = os.path.join(os.path.dirname(sys.executable), name)
-    found = here if os.access(here, os.X_OK) else shutil.which(name)
-    if not found:
-        raise common.BenchError(f"{name}: not found next to {sys.executable} nor on PATH (install the project first)")
-    return found
-
-
 def _launcher(workers: int) -> list[str]:
-    if workers == 1:
-        return []
-    # Horovod: one process per worker on this machine over Gloo, as scripts/example.sh launches training.
-    return [_executable("horovodrun"), "-np", str(workers), "-H", f"localhost:{workers}", "--gloo"]
+    return [] if workers == 1 else common.horovodrun_local(workers)
 
 
 def _settings(n, r, batch, dim, network, total_steps, seed, workers, bank_dtype, output) -> dict:
