@@ -29,6 +29,7 @@ def test_invariants(rate, n_labels):
     assert np.isin(positives, idx).all(), "every positive is kept"
     assert idx.size == max(int(rate * count), positives.size)
     assert out.full == (idx.size == count)
+    assert out.positives == positives.size  # what the trainer reports: kept rows = positives + drawn negatives
     # Remapped labels point at their own class; off-shard rows are -1.
     assert np.all(out.labels[~on] == -1)
     assert np.all(idx[out.labels[on]] == local[on])

@@ -31,6 +31,14 @@ def test_outputs_of_a_run(tmp_path):
     assert meta["world_size"] == 1 and meta["num_classes"] == 37 and meta["shards"][0]["count"] == 37
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines] == [2, 4] and all("loss" in l and "lr" in l for l in lines)
+    # What the sampler did: r = 0.3 of 37 centers is 11 rows, the batch's (at most 4) classes among them.
+    log = (out / "train.log").read_text()
+    assert "sampling: each step keeps max(11, #positives) of the shard's 37 centers" in log
+    for l in lines:
+        assert l["sampled_rows"] == 11 and 1 <= l["sampled_positives"] <= 4
+        assert l["sampled_positives"] + l["sampled_negatives"] == 11
+        assert abs(l["negatives_seen"] - l["sampled_negatives"] / (37 - l["sampled_positives"])) < 0.01
+    assert f"kept 11: {lines[0]['sampled_positives']:g} pos + {lines[0]['sampled_negatives']:g} neg" in log
     # TensorBoard can read the scalars back.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(out / "tensorboard"))

@@ -24,10 +24,13 @@ class Sample:
     labels: int64 [N], each global label remapped to its row in `index`, or -1 when the class lives on
             another shard.
     full:   True when the subset is the whole shard (r = 1.0); callers may then skip the gather.
+    positives: how many of the rows are classes of the global batch; the other len(index) - positives rows
+            are drawn negatives (what the trainer reports: training/report.py, SamplingWindow).
     """
     index: np.ndarray
     labels: np.ndarray
     full: bool
+    positives: int = 0
 
 
 def check_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -85,7 +88,7 @@ class CenterSampler:
         remapped = np.full(labels.shape, -1, dtype=np.int64)
         # index is sorted and holds every positive, so searchsorted finds each one's exact row.
         remapped[on_shard] = np.searchsorted(index, local[on_shard])
-        return Sample(index=index, labels=remapped, full=full)
+        return Sample(index=index, labels=remapped, full=full, positives=int(positives.size))
 
     def _negatives(self, rng: np.random.Generator, positives: np.ndarray, k: int) -> np.ndarray:
         """k distinct rows, uniform over the shard minus `positives`, sorted."""

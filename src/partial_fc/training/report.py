@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 
@@ -20,6 +21,36 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+class SamplingWindow:
+    """What the center sampler did on this rank's shard over one report window (head/sampler.py).
+
+    Per step the shard keeps `kept` of its `count` centers: `positives` are classes of the global batch, the
+    rest are negatives drawn at random. The mean of both, and the share of the shard's negative classes
+    (count - positives) drawn per step, show Partial FC at work: at r = 1.0 every negative is used, at
+    r = 0.1 about a tenth."""
+
+    def __init__(self):
+        self.steps = self.kept = self.positives = 0
+        self.seen = 0.0
+
+    def add(self, kept: int, positives: int, count: int) -> None:
+        self.steps += 1
+        self.kept += kept
+        self.positives += positives
+        self.seen += (kept - positives) / max(count - positives, 1)
+
+    def metrics(self) -> dict:
+        n = max(self.steps, 1)
+        return {"sampled_rows": round(self.kept / n, 1), "sampled_positives": round(self.positives / n, 1),
+                "sampled_negatives": round((self.kept - self.positives) / n, 1),
+                "negatives_seen": round(self.seen / n, 4)}
+
+    def text(self) -> str:
+        m = self.metrics()
+        return (f"  kept {m['sampled_rows']:g}: {m['sampled_positives']:g} pos + {m['sampled_negatives']:g} neg "
+                f"({100 * m['negatives_seen']:.1f}% of negatives)")
+
+
 class Reporter:
     def __init__(self, output: str, *, active: bool, world_size: int, batch_size: int, total_steps: int,
                  frequent: int, start_step: int = 0, tensorboard: bool = True, stream=None):
@@ -31,6 +62,7 @@ class Reporter:
         self._window_start, self._window_step = time.perf_counter(), start_step
         self._start, self._start_step = self._window_start, start_step
         self._losses = []
+        self._sampling = SamplingWindow()
         self.first_loss = self.last_loss = None   # means of the first and the latest report window
         if not active:
             return
@@ -61,11 +93,14 @@ class Reporter:
                 if isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, step)
 
-    def step(self, step: int, loss: float, lr: float, **extra) -> None:
-        """Called after every step (0-based `step` has just been applied)."""
+    def step(self, step: int, loss: float, lr: float, sampled: tuple[int, int, int] | None = None, **extra) -> None:
+        """Called after every step (0-based `step` has just been applied). sampled: (rows kept, of them
+        positives, rows of the shard) of this rank's center sampling, or None (no FC head)."""
         if not self.active:
             return
         self._losses.append(loss)
+        if sampled is not None:
+            self._sampling.add(*sampled)
         done = step + 1
         if done % self.frequent == 0 or done == self.total_steps:
             now = time.perf_counter()
@@ -75,13 +110,15 @@ class Reporter:
             mean_loss = sum(self._losses) / len(self._losses)
             self.first_loss = mean_loss if self.first_loss is None else self.first_loss
             self.last_loss = mean_loss
+            sampling = self._sampling if self._sampling.steps else None
             self.info(f"step {done:>6d}/{self.total_steps}  loss {mean_loss:8.4f}  lr {lr:.6f}  "
                       f"{per_rank:7.1f} samples/s per rank, {per_rank * self.world_size:8.1f} total  "
-                      f"ETA {_duration(eta)}"
+                      f"ETA {_duration(eta)}" + (sampling.text() if sampling else "")
                       + "".join(f"  {k} {v}" for k, v in extra.items()))
             self._record(done, loss=mean_loss, lr=lr, samples_per_s=per_rank * self.world_size,
-                         samples_per_s_per_rank=per_rank, **extra)
+                         samples_per_s_per_rank=per_rank, **(sampling.metrics() if sampling else {}), **extra)
             self._window_start, self._window_step, self._losses = now, done, []
+            self._sampling = SamplingWindow()
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             self.bar.update(1)
@@ -100,6 +137,10 @@ class Reporter:
             trend = "fell" if self.last_loss < self.first_loss else "DID NOT FALL"
             self.info(f"loss {self.first_loss:.4f} -> {self.last_loss:.4f} over steps {self._start_step}.."
                       f"{self._window_step} ({trend})")
+            # Linux reports ru_maxrss in KiB: the peak resident memory of this process, the rank's trainer.
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.info(f"trained for {_duration(time.perf_counter() - self._start)}; peak resident memory "
+                      f"{peak / 2 ** 30:.2f} GiB on rank 0")
 
     def close(self) -> None:
         if self.bar is not None:

@@ -23,6 +23,7 @@ from ..config import TRIPLET, Config, ConfigError
 from ..data import loader
 from ..data.pk_sampler import PKFaceIter
 from ..head.memory_bank import MemoryBank
+from ..head.sampler import num_sampled
 from ..head.sharding import shard_range
 from . import imprinting, pretrained
 
@@ -175,6 +176,19 @@ def json_config(cfg: Config) -> dict:
     return json.loads(cfg.to_json())
 
 
+def sampling_line(cfg: Config, comm, fc) -> str:
+    """How many of rank 0's centers a step uses, and of what kind (the log's `kept` figures are the same
+    rank's, averaged over each report window)."""
+    global_batch = cfg.batch_size * comm.size
+    rows = num_sampled(fc.count, cfg.sample_rate, 0)
+    most = min(global_batch, fc.count)
+    if rows >= fc.count:
+        return (f"  sampling: r = {cfg.sample_rate:g} keeps all {fc.count} centers of the shard every step "
+                f"(the batch's positives and every negative class)")
+    return (f"  sampling: each step keeps max({rows}, #positives) of the shard's {fc.count} centers: the global "
+            f"batch's classes on the shard (at most {most}) and negatives drawn at random for the rest")
+
+
 def banner(cfg: Config, comm, fc, num_classes, start_step, total_steps, bins, ckpt) -> str:
     """What rank 0 prints before the first step: the run's shape, its data, its steps, every setting."""
     lines = [
@@ -188,6 +202,7 @@ def banner(cfg: Config, comm, fc, num_classes, start_step, total_steps, bins, ck
         f"({cfg.batch_size * comm.size} global), lr {cfg.lr} per 512 ("
         + (f"poly power {cfg.lr_power}" if cfg.lr_schedule == "poly" else f"steps {cfg.lr_steps}")
         + f", warmup {cfg.warmup_steps})",
+        *([sampling_line(cfg, comm, fc)] if cfg.loss != TRIPLET else []),
         f"  data {cfg.data_dir or 'synthetic images'}; verification sets: "
         f"{', '.join(os.path.basename(b) for b in bins) or 'none'}",
         f"  steps {start_step} -> {total_steps}" + (f" (resumed from {ckpt.path})" if ckpt else "")

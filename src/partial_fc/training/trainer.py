@@ -10,7 +10,8 @@ The module reads top to bottom, as Horovod's MXNet examples do:
                    verification, checkpointer. It returns a Trainer: the pieces a step needs.
     2. one step    train_step(): forward, the head's forward_backward (with its own collectives), the
                    non-finite checks, backward with the head's feature gradients, the overflow check, both
-                   updates (or, in fp16, the skipped step); it returns the global loss.
+                   updates (or, in fp16, the skipped step); it returns the head's result: the global loss and the
+                   centers this rank sampled, which the report sums up.
     3. the loop    train(): per step the stop check (a SIGTERM / SIGINT on any rank stops every rank here, after
                    a checkpoint: preemption.py), the watchdog's phase around the step and its report, then
                    verification and checkpoint saving when each says the step is theirs (periodic.py).
@@ -175,8 +176,9 @@ def init_optimizer(mod, sync, *, lr, momentum, wd, fp16=False) -> mx.optimizer.S
 
 # --- 2. one step -----------------------------------------------------------------------------------------
 
-def train_step(t: Trainer, step: int, lr: float, head: _HeadTimer) -> float:
-    """Run step `step` (0-based) on this rank at backbone learning rate `lr`; returns the global loss.
+def train_step(t: Trainer, step: int, lr: float, head: _HeadTimer):
+    """Run step `step` (0-based) on this rank at backbone learning rate `lr`; returns the head's result (its
+    `loss` is the global loss; a Partial FC head's `sample` is what this rank's shard used).
 
     A non-finite loss or backbone gradient stops every rank before any update (TrainingError), so the last
     checkpoint stays good; in fp16 an overflow instead skips the step on every rank and halves the scale.
@@ -195,7 +197,7 @@ def train_step(t: Trainer, step: int, lr: float, head: _HeadTimer) -> float:
                             f"last checkpoint stays good (lower PFC_LR?)")
     if frozen:  # only the head learns (the same steps on every rank: no backbone collective runs)
         head(t.fc.update, out, scheduled(cfg, step, t.bank_lr))
-        return out.loss
+        return out
     scale = t.scaler.scale if t.scaler else 1.0
     mod.backward(out_grads=[out.feature_grad * scale] if t.scaler else [out.feature_grad])
     overflow = gradients_overflow(mod, comm)  # every rank learns whether any rank's gradients are finite
@@ -210,7 +212,7 @@ def train_step(t: Trainer, step: int, lr: float, head: _HeadTimer) -> float:
     else:
         t.report.info(f"step {step}: fp16 gradients overflowed on some rank; step skipped on every rank, "
                       f"loss scale now {t.scaler.scale:g}")
-    return out.loss
+    return out
 
 
 def gradients_overflow(mod, comm) -> bool:
@@ -252,6 +254,13 @@ class _HeadTimer:
         return {"fc_s": round(self.seconds, 6)} if self.active else {}
 
 
+def _sampled(fc, out) -> tuple[int, int, int] | None:
+    """(rows kept, of them positives, shard rows) of this rank's step, for the report; None without sampling
+    (the triplet head has no centers)."""
+    sample = getattr(out, "sample", None)
+    return None if sample is None else (len(sample.index), sample.positives, fc.count)
+
+
 def _warn_bad_records(data, cfg: Config, rank: int) -> None:
     """One stderr line whenever more bad records were skipped. Every rank reads its own records, so every
     rank speaks for itself (not only rank 0, which reports everything else)."""
@@ -289,8 +298,9 @@ def train(cfg: Config) -> list[float]:
             with watchdog.watch(f"step {step}", *limit, step=True):
                 lr = scheduled(cfg, step, t.base_lr)
                 head = _HeadTimer(cfg.profile, comm)
-                losses.append(train_step(t, step, lr, head))
-                t.report.step(step, losses[-1], lr, **head.metrics())
+                out = train_step(t, step, lr, head)
+                losses.append(out.loss)
+                t.report.step(step, out.loss, lr, sampled=_sampled(t.fc, out), **head.metrics())
             done = step + 1
             # Both are collective: every rank asks at every step and gets the same answer.
             if t.verification.should_verify(done):
