@@ -14,6 +14,7 @@
     partial-fc pack --input FOLDER|--lst FILE --output DIR [--shuffle] [--resize WxH]
     partial-fc make-bin --pairs FILE --root DIR --output X.bin [--format auto|lfw|list]
     partial-fc check-data DIR [--md5 SUMS] [--json]    (every record, label, identity and image of a dataset)
+    partial-fc study rates [--rates 1.0,0.3,0.1] [-- COMMAND]   (the same training run at several sample rates)
     partial-fc memory-plan [--classes N] [--workers W[,W...]] [--json]   (per-rank bytes of the head)
 
 `partial-fc COMMAND --help` lists a command's options and their defaults.
@@ -71,6 +72,11 @@ BENCHMARKS = {
                                              "stalls, memory, descriptors, checkpoints kept", (JSON,)),
 }
 
+STUDIES = {
+    "rates": Command("partial_fc.study.rates", "the same run at several sample rates: loss, accuracy, speed, "
+                                               "memory", (JSON,)),
+}
+
 COMMANDS = {
     "train": Command("partial_fc.training.trainer",
                      "train a backbone with the Partial FC head (settings from PFC_*)"),
@@ -79,6 +85,7 @@ COMMANDS = {
     "synth": Command("partial_fc.data.synth", "write a small learnable synthetic face dataset"),
     "demo": Command("partial_fc.training.demo", "train the Partial FC head alone on synthetic embeddings"),
     "bench": Group("benchmarks", "Benchmarks.", "benchmark", "BENCHMARK", BENCHMARKS),
+    "study": Group("studies: training runs compared in one table", "Studies.", "study", "STUDY", STUDIES),
     "verify": Command("partial_fc.evaluation.verify", "accuracy of a model on verification .bin sets",
                       (INFERENCE, JSON)),
     "ijb": Command("partial_fc.evaluation.ijb", "IJB-B / IJB-C template verification: TAR at FAR and a ROC plot",

@@ -36,7 +36,8 @@ LAYERS = {
     "evaluation": 4,
     "training": 5,
     "bench": 6,
-    "cli": 7, "__init__": 7,
+    "study": 7,
+    "cli": 8, "__init__": 8,
 }
 
 

@@ -1,0 +1,1 @@
+"""Studies: several training runs that differ in one setting, compared in one table (`partial-fc study ...`)."""
