@@ -3,13 +3,14 @@
     import symbols
     sym = symbols.get_symbol("r100", embedding_size=512, fp16=False)
 
-Networks: iresnet r18 ... r200 (iresnet.py), MobileFaceNet mbf (mbf.py), MNasNet at width 0.5 mnas05 (mnas.py).
+Networks: iresnet r18 ... r200 (iresnet.py), MobileFaceNet mbf (mbf.py), MNasNet at width 0.5 mnas05 (mnas.py),
+and tiny (tiny.py), a four-layer network for simulations of scale (`partial-fc bench scale`).
 Every network maps ``data`` (float32 [B,3,112,112], raw RGB pixels 0..255) to the float32 embedding ``fc1``
 [B, embedding_size]; see symbols/common.py for the whole contract. Builders never read a global config.
 """
 from functools import partial
 
-from . import iresnet, mbf, mnas
+from . import iresnet, mbf, mnas, tiny
 from .common import num_parameters
 
 _BUILDERS = {
@@ -20,6 +21,7 @@ _BUILDERS = {
     "r200": partial(iresnet.get_symbol, num_layers=200),
     "mbf": mbf.get_symbol,
     "mnas05": partial(mnas.get_symbol, width=0.5),  # MNasNet width 0.5: 1,668,600 parameters at D = 512
+    "tiny": tiny.get_symbol,  # four convolutions, for simulations of scale (bench scale), not for accuracy
 }
 NETWORKS = tuple(_BUILDERS)
 

@@ -70,6 +70,8 @@ BENCHMARKS = {
                                                "--test-io: our reader vs mx.io.ImageRecordIter", (JSON,)),
     "soak": Command("partial_fc.bench.soak", "the head for 100k steps and the trainer for 30 min under horovodrun: "
                                              "stalls, memory, descriptors, checkpoints kept", (JSON,)),
+    "scale": Command("partial_fc.bench.scale", "100 M classes on 64 ranks simulated here: train, checkpoint, resume "
+                                               "re-sharded; peak RSS vs the memory plan", (JSON,)),
 }
 
 STUDIES = {

@@ -42,7 +42,7 @@ def test_the_table_has_every_command():
     assert {" ".join(c) for c in COMMANDS} == {
         "train", "synth", "demo", "verify", "ijb", "plot", "export", "unpack", "pack", "make-bin", "memory-plan",
         "bench fc", "bench sampler", "bench comm", "bench memory", "bench train", "check-config", "check-data",
-        "bench soak", "study rates"}
+        "bench soak", "bench scale", "study rates"}
     every_core = {" ".join(c) for c in COMMANDS if cli._chosen(list(c)).every_core}
     assert every_core == {"bench fc", "bench sampler"}
 

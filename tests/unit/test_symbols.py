@@ -43,7 +43,7 @@ def bind_initialised(sym, seed):
 
 
 def test_registry_lists_the_networks():
-    assert symbols.NETWORKS == ("r18", "r34", "r50", "r100", "r200", "mbf", "mnas05")
+    assert symbols.NETWORKS == ("r18", "r34", "r50", "r100", "r200", "mbf", "mnas05", "tiny")
 
 
 @pytest.mark.parametrize("name", symbols.NETWORKS)
@@ -95,6 +95,19 @@ OWN_COUNTS = {("mnas05", 512): 1_668_600, ("mnas05", 128): 1_176_312}
 @pytest.mark.parametrize("name,dim", sorted(OWN_COUNTS))
 def test_parameter_count_of_the_networks_without_a_published_one(name, dim):
     assert symbols.num_parameters(symbols.get_symbol(name, embedding_size=dim)) == OWN_COUNTS[name, dim]
+
+
+@pytest.mark.parametrize("dim", [8, 16, 512])
+def test_tiny_has_the_parameters_of_its_four_layers(dim):
+    # tiny (bench scale's simulation network): 3x3 convolutions 3 -> 8 -> 16 -> 16 -> 32 without bias, each with
+    # BatchNorm (gamma, beta) and a PReLU slope per channel, then pre_fc1 from the 32 x 7 x 7 map and fc1's BatchNorm.
+    from symbols import tiny
+    widths = (3, *tiny.WIDTHS)
+    convs = sum(9 * a * b for a, b in zip(widths, widths[1:]))
+    per_channel = 3 * sum(tiny.WIDTHS)
+    expected = convs + per_channel + 32 * 7 * 7 * dim + 2 * dim
+    assert expected == {8: 21_056, 16: 33_616, 512: 812_336}[dim]
+    assert symbols.num_parameters(symbols.get_symbol("tiny", embedding_size=dim)) == expected
 
 
 def test_mnasnet_width_rounding_and_final_map():

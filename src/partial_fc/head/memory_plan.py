@@ -65,12 +65,14 @@ def memory_plan(num_classes: int, world_size: int, dim: int = 512, dtype: str = 
     chunk = rows * dim * 4
     # A float32 device bank gathers the sampled rows once per step into one float32 [S, D] copy.
     kept = s * dim * 4 if dtype == "float32" else 0
-    working = LIVE_LOGITS * logits + kept + LIVE_CHUNKS * chunk + 2 * n * dim * 4
+    # The sampler keeps one bool per shard row between steps (its scratch mask) and the step's int64 index.
+    sampler = n_local + 8 * s
+    working = LIVE_LOGITS * logits + kept + LIVE_CHUNKS * chunk + 2 * n * dim * 4 + sampler
     return {
         "num_classes": num_classes, "world_size": world_size, "dim": dim, "dtype": dtype,
         "sample_rate": sample_rate, "batch": batch, "n_local": n_local, "sampled": s, "global_batch": n,
         "centers_bytes": centers, "momentum_bytes": centers, "bank_bytes": bank_bytes(n_local, dim, dtype),
-        "logits_bytes": logits, "kept_bytes": kept, "chunk_rows": rows, "chunk_bytes": chunk,
+        "logits_bytes": logits, "kept_bytes": kept, "chunk_rows": rows, "chunk_bytes": chunk, "sampler_bytes": sampler,
         "working_bytes": working,
         "total_bytes": bank_bytes(n_local, dim, dtype) + working,
     }
