@@ -19,17 +19,12 @@ embedding (--dim), a compact host bank (float16, PFC_MEMORY_BANK=host), a tiny b
                   then its own checkpoint (of W2 shards; the W one is pruned, PFC_KEEP_CHECKPOINTS=1)
 
 Every rank runs under the peak-RSS wrapper (bench/peak_rss.py). The table and its targets (PASS/FAIL, never
-asserted) are described in docs/performance.md ("Scale"); the plan column is head/memory_plan.py's per-rank
-total for the same settings.
+asserted): docs/performance.md, "Scale"; its plan column is head/memory_plan.py's, for the same settings.
 
-What a launch of 64 ranks on one box needs, and gets here: mpirun --oversubscribe --bind-to none (and
---allow-run-as-root as root), Open MPI's TCP pinned to loopback (btl_tcp_if_include / oob_tcp_if_include lo),
-yield when idle (64 ranks spinning in MPI waits would starve the 2 cores); horovodrun --gloo with
---start-timeout / --gloo-timeout-seconds of --timeout and its interface pinned to lo; the soft limit of open
-files raised to the hard one (each rank holds sockets or shared-memory segments to every other, the launcher
-pipes to each); PFC_SLOW_TIMEOUT and PFC_COLLECTIVE_TIMEOUT raised (64 ranks share 2 cores). Memory: W x (a
-process, ~0.2 GiB + the plan) must fit MemAvailable, and twice the bank on disk in the work folder (the W
-checkpoint and the W2 one before the first is pruned), or the benchmark stops with what it needs.
+What 64 ranks on one box need (launcher_command, raise_open_files_limit): mpirun --oversubscribe --bind-to
+none, TCP pinned to loopback and yield when idle (spinning waits would starve 2 cores), or horovodrun --gloo
+with its timeouts raised and lo pinned; the open-files limit raised to the hard one; the trainer's watchdog
+limits raised. W x (~0.2 GiB + the plan) must fit MemAvailable and twice the bank the work folder's disk.
 """
 from __future__ import annotations
 
