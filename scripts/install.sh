@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Installs everything Partial FC needs on a fresh Debian machine with Python 3.11:
-#   system packages (Open MPI), a virtual environment with the pinned stack of docs/design.md §2,
-#   Horovod 0.28.1 built from source with MXNet, Gloo and MPI, and this project (editable).
+# Installs everything Partial FC needs on a fresh Debian machine with Python 3.11: system packages (Open MPI;
+#   openssh-server, whose sshd the multi-host test tier starts as its second host), a virtual environment with
+#   the pinned stack of docs/design.md §2, Horovod 0.28.1 built from source with MXNet, Gloo and MPI, and this
+#   project (editable).
 #
 # Usage: bash scripts/install.sh [--cuda 112]     (--cuda picks mxnet-cu112 and Horovod with NCCL)
 #
-# The venv is .venv in the repository, rebuilt only when its inputs (this script, requirements.txt, the
-# CUDA choice, the Python version) change; re-running on an unchanged tree takes seconds. The compiled
-# Horovod wheel is cached outside the tree (PFC_CACHE_DIR, default ~/.cache/partial-fc), so a fresh
-# clone does not compile it again.
+# The venv is .venv in the repository, rebuilt only when its inputs (this script from "virtual environment" on,
+# requirements.txt, the CUDA choice, the Python version) change; re-running on an unchanged tree takes seconds.
+# The compiled Horovod wheel is cached outside the tree (PFC_CACHE_DIR, default ~/.cache/partial-fc), so a
+# fresh clone does not compile it again.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,7 +18,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --cuda) cuda="${2:?--cuda needs a version such as 112 or 117}"; shift 2 ;;
     --cuda=*) cuda="${1#--cuda=}"; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option '$1' (known: --cuda VERSION)" >&2; exit 2 ;;
   esac
 done
@@ -51,16 +52,34 @@ command -v make >/dev/null 2>&1 || need_apt+=(make)
 # A current OpenBLAS for MXNet (see "MXNet's BLAS" below); the OpenMP build, as MXNet's own.
 system_openblas=/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0
 [ -e "$system_openblas" ] || need_apt+=(libopenblas0-openmp)
+# The multi-host test tier (tests/multihost) starts an sshd of its own on 127.0.0.2 as the second host; no
+# system sshd is configured or used.
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
+  # No package may start a service here: openssh-server would otherwise start a system sshd listening on
+  # every interface where the init system allows it. A policy-rc.d that refuses every start, for this
+  # install only (one that exists already is left as it is).
+  policy=/usr/sbin/policy-rc.d own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo_cmd tee "$policy" >/dev/null && $sudo_cmd chmod +x "$policy" && own_policy=1
+  fi
+  set +e
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  rc=$?
+  set -e
+  [ "$own_policy" = 0 ] || $sudo_cmd rm -f "$policy"
+  [ "$rc" = 0 ] || { echo "install.sh: apt-get install ${need_apt[*]} failed (exit $rc)" >&2; exit "$rc"; }
 fi
 
 # --- virtual environment ---------------------------------------------------------------------
-key="$( (cat "$here/scripts/install.sh" "$here/requirements.txt"; echo "cuda=$cuda"; "$py" --version) | sha256sum | cut -c1-16)"
+# Only the part of this script from this section on is an input: the system packages above do not change the
+# venv, so adding one must not rebuild it.
+key="$( (sed -n '/^# --- virtual environment/,$p' "$here/scripts/install.sh"; cat "$here/requirements.txt"
+         echo "cuda=$cuda"; "$py" --version) | sha256sum | cut -c1-16)"
 # The compiled Horovod wheel is kept outside the tree, so a fresh clone installs it in seconds instead
 # of compiling again. pip's own cache serves the other wheels.
 cache_root="${PFC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/partial-fc}"

@@ -10,7 +10,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import socket
 import time
+import uuid
 import zlib
 
 import mxnet as mx
@@ -46,6 +48,79 @@ def let_rank_0_speak(rank: int | None) -> None:
 
 def context(comm) -> mx.Context:
     return mx.gpu(comm.local_rank) if mx.context.num_gpus() > 0 else mx.cpu()
+
+
+OUTPUT_CHECK_PREFIX = ".pfc-output-check-"  # + a random hex token: unique per run, removed by rank 0 at once
+HOST_BYTES = 64  # of each rank's host name carried by the check's allgather
+OUTPUT_CHECK_TRIES = 5  # a rank that does not see the token looks again this often, 0.5 s apart
+
+
+def check_output_shared(cfg: Config, comm) -> None:
+    """Stop every rank, before anything reads or writes PFC_OUTPUT, unless it is one folder every rank sees.
+
+    Each rank writes its own shard of every checkpoint into PFC_OUTPUT, and rank 0 the manifest that names
+    them all: with a folder of the same name on each host instead of one shared folder, the saves would look
+    fine and no host would hold a loadable checkpoint. Rank 0 writes a file with a random token there; every
+    rank reads it back (one allgather gives each rank the token and every rank's host name, a second one
+    every rank's answer); rank 0 removes it. Any rank that does not see it makes every rank raise the same
+    ConfigError, naming those ranks and their hosts. World size 1 has nothing to compare, and a run that
+    neither saves nor resumes a checkpoint (PFC_SAVE_CHECKPOINTS=0: benchmarks) has only rank 0 write there."""
+    resuming = cfg.resume.strip().lower() not in ("", "0", "false", "no")
+    if comm.size == 1 or not (cfg.save_checkpoints or resuming):
+        return
+    host = socket.gethostname()
+    token, path, problem = "", "", ""
+    if comm.rank == 0:
+        token = uuid.uuid4().hex
+        path = os.path.join(cfg.output, OUTPUT_CHECK_PREFIX + token)
+        try:
+            os.makedirs(cfg.output, exist_ok=True)
+            with open(path, "w") as f:  # whole before any rank looks: they read it after the allgather below
+                f.write(token)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            token, problem = "", f"{e.strerror or e}"
+    row = np.zeros((1, 32 + HOST_BYTES), dtype=np.int64)
+    row[0, :len(token)] = list(token.encode())
+    name = host.encode()[:HOST_BYTES]
+    row[0, 32:32 + len(name)] = list(name)
+    every = comm.allgather(mx.nd.array(row, dtype=np.int64), "pfc.output_check.token").asnumpy()
+    hosts = [bytes(int(c) for c in r[32:] if c).decode(errors="replace") for r in every]
+    token = bytes(int(c) for c in every[0, :32] if c).decode()
+    seen = False
+    if token:
+        path = os.path.join(cfg.output, OUTPUT_CHECK_PREFIX + token)
+        for attempt in range(OUTPUT_CHECK_TRIES):  # a network filesystem may show a new file a moment late
+            try:
+                with open(path) as f:
+                    seen = f.read() == token
+            except OSError:
+                seen = False
+            if seen or attempt == OUTPUT_CHECK_TRIES - 1:
+                break
+            time.sleep(0.5)
+    flags = comm.allgather(mx.nd.array([[1 if seen else 0]], dtype=np.int64), "pfc.output_check.seen").asnumpy()
+    if comm.rank == 0 and token:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+    if not token:
+        raise ConfigError(f"PFC_OUTPUT={cfg.output}: rank 0 (host {hosts[0]}) cannot write there"
+                          + (f" ({problem})" if problem else "") + "; it must be a folder every host can write")
+    blind = [k for k in range(comm.size) if not flags[k, 0]]
+    if blind:
+        by_host = {}
+        for k in blind:
+            by_host.setdefault(hosts[k], []).append(k)
+        who = "; ".join(f"{'rank' if len(ks) == 1 else 'ranks'} {', '.join(map(str, ks))} (host {h}"
+                        + (", the same host name as rank 0's: another container or mount namespace" if h == hosts[0]
+                           else "") + ")" for h, ks in by_host.items())
+        raise ConfigError(f"PFC_OUTPUT={cfg.output} is not one folder every host shares: {who} "
+                          f"{'does' if len(blind) == 1 else 'do'} not see the file rank 0 (host {hosts[0]}) wrote "
+                          f"there; every rank writes its checkpoint shard into PFC_OUTPUT, so it must be a shared "
+                          f"folder (NFS, ...) mounted at that path on every host")
 
 
 def resume_checkpoint(cfg: Config) -> checkpoint.Checkpoint | None:

@@ -99,6 +99,7 @@ class Trainer:
 def setup(cfg: Config, comm, sync, ctx, cleanup: contextlib.ExitStack) -> Trainer:
     """Everything before the first step, in order. What must be closed at the end goes on `cleanup`, as soon
     as it exists, so a start-up that fails half way closes what it opened."""
+    startup.check_output_shared(cfg, comm)  # Horovod: every host must see the one PFC_OUTPUT, before it is used
     ckpt = startup.resume_checkpoint(cfg)
     start_step = ckpt.step if ckpt else 0
     total_steps = cfg.total_steps
