@@ -26,12 +26,12 @@ export PFC_BATCH_SIZE=${PFC_BATCH_SIZE:-32}
 # Learning rate for a global batch of 512 (scaled linearly); the short example runs hot.
 export PFC_LR=${PFC_LR:-0.8}
 export PFC_MEMORY_BANK_LR=${PFC_MEMORY_BANK_LR:-0.8}
-# Steps of the example, with lr / 10 at these steps.
-export PFC_MAX_STEPS=${PFC_MAX_STEPS:-200}
-export PFC_LR_STEPS=${PFC_LR_STEPS:-150}
-# Log every 20 steps; verify on the .bin sets and checkpoint every 100 steps and at the end.
+# Steps of the example (about one pass over its 16,000 images), with lr / 10 at these steps.
+export PFC_MAX_STEPS=${PFC_MAX_STEPS:-240}
+export PFC_LR_STEPS=${PFC_LR_STEPS:-180}
+# Log every 20 steps; verify on the .bin sets and checkpoint every 120 steps and at the end.
 export PFC_FREQUENT=${PFC_FREQUENT:-20}
-export PFC_VERBOSE=${PFC_VERBOSE:-100}
+export PFC_VERBOSE=${PFC_VERBOSE:-120}
 # Horovod carries the FC's collectives; `mpi` switches them to mpi4py (launch with mpirun then).
 export PFC_COMM=${PFC_COMM:-horovod}
 # Workers share the cores here: one compute thread each avoids oversubscription; one decode thread.

@@ -8,9 +8,7 @@ bash scripts/install.sh
 . .venv/bin/activate
 export PFC_DATA_DIR=${PFC_DATA_DIR:-work/example/data}
 export PFC_OUTPUT=${PFC_OUTPUT:-work/example/model}
-# Milder nuisances than the synth default and 300 pairs per .bin: learnable within the few minutes of CPU
-# training below, and quick to verify.
-[ -f "$PFC_DATA_DIR/train.idx" ] || partial-fc synth --output "$PFC_DATA_DIR" --nuisance 0.5 --pairs 300
+bash scripts/example_data.sh  # written once: 2,000 synthetic identities x 8 images and two .bin pair sets
 # The example starts from scratch each time (a real run resumes instead: PFC_RESUME=1).
 rm -rf "$PFC_OUTPUT"
 bash config.sh check  # a bad PFC_* setting: one line and exit status 2, before horovodrun starts workers
