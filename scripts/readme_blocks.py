@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import re
 import sys
 
@@ -104,21 +103,12 @@ def example_body(log: str, data_dir: str | None = None, source: str = "a run of 
         raise SystemExit("readme_blocks: the log lacks the sampling line, two step lines or the last "
                          "verification: not the example's output?")
     keep = sampling[:1] + ["...", lines[steps[0]], "..."] + lines[steps[-1]:]
-    where = (f"(scripts/readme_example.sh wrote this from {source}, on {_cpu()}, "
+    from partial_fc.bench.common import cpu_model  # the machine header's CPU name, as every benchmark prints it
+
+    where = (f"(scripts/readme_example.sh wrote this from {source}, on {cpu_model() or 'an unknown CPU'}, "
              f"{os.cpu_count()} cores" + (f"; raw pixels of the same pairs score {pixel_baseline(data_dir)}"
                                           if data_dir else "") + ".)")
     return "\n".join("    " + l for l in keep) + "\n\n" + where + "\n"
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "an unknown CPU"
 
 
 def check(root: str = ROOT) -> list[str]:
