@@ -497,15 +497,25 @@ def test_synthetic_iter_is_deterministic():
     assert len({tuple(v.tolist()) for _, v in batches}) == 4
 
 
-def test_synthetic_identities_recur_with_their_own_image_on_every_rank():
+def test_synthetic_identities_recur_with_their_own_face_on_every_rank():
     C, K = 10_000_000, 16
+    noise = SyntheticIter.IDENTITY_NOISE
     ranks = [SyntheticIter(8, C, rank=r, world_size=2, seed=3, image_size=(8, 8), identities=K) for r in (0, 1)]
     seen = {}
     for it in ranks:
         for images, labels in take(it, 6):
+            assert 0 <= images.min() and images.max() <= 255 and images.dtype == np.float32
+            flat = images.reshape(len(images), -1)
+            # No two images of a batch are equal, even of one identity (BatchNorm over equal rows gives zeros).
+            assert len({row.tobytes() for row in flat}) == len(images)
             for image, label in zip(images, labels.tolist()):
                 assert label in seen or len(seen) < K
-                np.testing.assert_array_equal(seen.setdefault(label, image), image)  # one image per identity
+                first = seen.setdefault(label, image)
+                # One face per identity (on both ranks): every draw within 2 x the noise of the first one.
+                assert np.abs(image - first).max() <= 2 * noise
+    faces = [it._pool for it in ranks]
+    np.testing.assert_array_equal(faces[0], faces[1])
+    assert np.abs(faces[0][0] - faces[0][1]).max() > 2 * noise  # and faces far apart
     assert set(seen) <= {k * C // K for k in range(K)} and len(seen) > K // 2
     # The identities are spread over the class range, so both halves (both ranks' shards) hold some.
     assert min(seen) < C // 2 <= max(seen)

@@ -352,11 +352,16 @@ class SyntheticIter:
     (copying nothing per step, so it is never the bottleneck); the pool offset and the labels are drawn from
     np.random.default_rng([seed, step, rank]).
     identities = K > 0: labels drawn from K class ids spread evenly over [0, num_classes) (so every rank's
-    shard holds some), each with its own fixed random image, identical on every rank: a learnable stream
-    whose loss falls at any class count, as a real dataset's would (its identities recur every epoch).
+    shard holds some), each with its own fixed random face, identical on every rank: a learnable stream
+    whose loss falls at any class count, as a real dataset's would (its identities recur every epoch). Each
+    draw is that face plus pixel noise of at most IDENTITY_NOISE levels, so two images are never equal: a
+    rank whose batch held one face twice would otherwise give the embedding's BatchNorm identical rows, whose
+    output is its beta (zero at the start) for both, and a zero embedding has no direction (the loss is nan;
+    at 64 ranks of 2 images and 16 identities almost every start hit it).
     """
 
     POOL_EXTRA = 64
+    IDENTITY_NOISE = 8
 
     def __init__(self, batch_size: int, num_classes: int, rank: int, world_size: int, seed: int = 0,
                  start_step: int = 0, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE, identities: int = 0):
@@ -382,7 +387,9 @@ class SyntheticIter:
         rng = np.random.default_rng([self.seed, step, self.rank])
         if self.identities:
             which = rng.integers(0, self.identities, size=self.batch_size)
-            return self._pool[which], self._ids[which]
+            noise = rng.integers(-self.IDENTITY_NOISE, self.IDENTITY_NOISE + 1,
+                                 size=(self.batch_size,) + self._pool.shape[1:], dtype=np.int16)
+            return np.clip(self._pool[which] + noise, 0, 255, dtype=np.float32), self._ids[which]
         offset = int(rng.integers(0, self.POOL_EXTRA + 1))
         labels = rng.integers(0, self.num_classes, size=self.batch_size, dtype=np.int64)
         return self._pool[offset:offset + self.batch_size], labels
