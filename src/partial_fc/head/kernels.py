@@ -36,8 +36,7 @@ def scale_columns(x: mx.nd.NDArray, v: mx.nd.NDArray) -> mx.nd.NDArray:
     """x[:, s] *= v[s] in place, for x [N, S] and v [S]; returns x."""
     ops = _native(x)
     if ops is not None:
-        ops.pfc_scale_columns(x, v)
-        return x
+        return ops.pfc_scale_columns(x, v, out=x)
     return mx.nd.broadcast_mul(x, v.expand_dims(0), out=x)
 
 
@@ -51,7 +50,9 @@ def exp_row_sum(x: mx.nd.NDArray, scale: float, shift: mx.nd.NDArray) -> mx.nd.N
     """x = exp(scale * x - shift[:, None]) in place for x [N, S]; returns the row sums of the result, [N]."""
     ops = _native(x)
     if ops is not None:
-        return ops.pfc_exp_row_sum(x, shift, scale=scale)
+        sums = mx.nd.empty((x.shape[0],), ctx=x.context)
+        ops.pfc_exp_row_sum(x, shift, scale=scale, out=(x, sums))
+        return sums
     mx.nd._internal._mul_scalar(x, scalar=scale, out=x)
     mx.nd.broadcast_sub(x, shift.expand_dims(1), out=x)
     mx.nd.exp(x, out=x)

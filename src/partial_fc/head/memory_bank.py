@@ -220,7 +220,8 @@ class MemoryBank:
             kw = dict(lr=lr, momentum=self.momentum, wd=self.wd)
             if project:  # only with the native update (update_rows): it projects as it updates, in place
                 idx = _index(sample.index[lo:hi], self.ctx)
-                native_row_update(self.ctx)(self.weight, self.mom, grad, idx, project=1, **kw)
+                native_row_update(self.ctx)(self.weight, self.mom, grad, idx, project=1, out=(self.weight, self.mom),
+                                            **kw)
                 return
             if sample.full:
                 w, m = (self.weight, self.mom) if whole else (self.weight[lo:hi], self.mom[lo:hi])
@@ -229,7 +230,7 @@ class MemoryBank:
             idx = _index(sample.index[lo:hi], self.ctx)
             update_in_place = native_row_update(self.ctx)
             if update_in_place is not None:
-                update_in_place(self.weight, self.mom, grad, idx, **kw)
+                update_in_place(self.weight, self.mom, grad, idx, out=(self.weight, self.mom), **kw)
                 return
             w = rows if rows is not None else mx.nd.take(self.weight, idx)
             # Stock operators: update gathered copies of the rows, then scatter both back (twice the traffic).

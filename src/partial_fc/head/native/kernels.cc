@@ -8,11 +8,14 @@
 // which GPU contexts (and a CPU without this library) take; tests compare both with the dense reference.
 //
 //   pfc_inv_row_norms(x [S, D])                   -> [S]     1 / |x_s|
-//   pfc_scale_columns(x [N, S], v [S])            -> x *= v (per column), in place
+//   pfc_scale_columns(x [N, S], v [S])            -> [N, S]  x_ns * v_s
 //   pfc_row_max(x [N, S])                         -> [N]     max_s x_ns
-//   pfc_exp_row_sum(x [N, S], shift [N]; scale)   -> x = exp(scale * x - shift_n) in place; [N] row sums
+//   pfc_exp_row_sum(x [N, S], shift [N]; scale)   -> [N, S]  exp(scale * x - shift_n), and [N] its row sums
 //   pfc_scaled_transpose(e [N, S], a [N], b [S])  -> [S, N]  e_ns * a_n * b_s, transposed
 //
+// The [N, S] results of scale_columns and exp_row_sum may be x itself (out=x: in place, as the head calls them).
+// They are outputs, not mutable inputs: MXNet 1.9 never frees the list of mutable inputs that it asks a library
+// operator for on every call (32 bytes a call; row_update.cc says more).
 // All float32, row-major, on the CPU. Work splits across MXNet's OpenMP threads by rows (by column tiles for
 // the transpose), and each row's reduction runs in a fixed order, so results do not depend on the thread count.
 // The inner loops are compiled for AVX-512, AVX2 and a generic x86-64 (target_clones): the library is built
@@ -72,9 +75,9 @@ PFC_CLONES void inv_norm_rows(const float* x, float* out, int64_t lo, int64_t hi
   }
 }
 
-PFC_CLONES void scale_row(float* x, const float* v, int64_t S) {
+PFC_CLONES void scale_row(const float* x, const float* v, float* y, int64_t S) {
 #pragma omp simd
-  for (int64_t s = 0; s < S; ++s) x[s] *= v[s];
+  for (int64_t s = 0; s < S; ++s) y[s] = x[s] * v[s];
 }
 
 PFC_CLONES float max_row(const float* x, int64_t S) {
@@ -84,7 +87,7 @@ PFC_CLONES float max_row(const float* x, int64_t S) {
   return m;
 }
 
-PFC_CLONES double exp_sum_row(float* x, float scale, float shift, int64_t S) {
+PFC_CLONES double exp_sum_row(const float* x, float* y, float scale, float shift, int64_t S) {
   double total = 0.0;
   for (int64_t lo = 0; lo < S; lo += kBlock) {
     const int64_t hi = lo + kBlock < S ? lo + kBlock : S;
@@ -92,7 +95,7 @@ PFC_CLONES double exp_sum_row(float* x, float scale, float shift, int64_t S) {
 #pragma omp simd reduction(+ : acc)
     for (int64_t s = lo; s < hi; ++s) {
       const float e = exp_approx(scale * x[s] - shift);
-      x[s] = e;
+      y[s] = e;
       acc += e;
     }
     total += acc;
@@ -130,11 +133,6 @@ MXReturnValue all_float32(const char* op, const std::vector<int>& in, std::vecto
 MXReturnValue fail_shape(const char* op, const char* expected) {
   MX_ERROR_MSG << op << ": expected " << expected;
   return MX_FAIL;
-}
-
-MXReturnValue mutate_first(const Attrs&, std::vector<int>* inputs) {
-  inputs->push_back(0);
-  return MX_SUCCESS;
 }
 
 #define PFC_PARSE(NAME, IN, OUT)                                            \
@@ -181,18 +179,18 @@ MXReturnValue inv_row_norms(const Attrs&, std::vector<MXTensor>* in, std::vector
 MXReturnValue shape_scale_columns(const Attrs&, Shapes* in, Shapes* out) {
   const auto &x = (*in)[0], &v = (*in)[1];
   if (x.size() != 2 || v.size() != 1 || v[0] != x[1]) return fail_shape("pfc_scale_columns", "x [N, S], v [S]");
-  (*out)[0] = {1};
+  (*out)[0] = x;
   return MX_SUCCESS;
 }
 
 MXReturnValue scale_columns(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                             const OpResource&) {
-  float* x = (*in)[0].data<float>();
+  const float* x = (*in)[0].data<float>();
   const float* v = (*in)[1].data<float>();
+  float* y = (*out)[0].data<float>();
   const int64_t N = (*in)[0].shape[0], S = (*in)[0].shape[1];
 #pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n) scale_row(x + n * S, v, S);
-  (*out)[0].data<float>()[0] = 0.f;
+  for (int64_t n = 0; n < N; ++n) scale_row(x + n * S, v, y + n * S, S);
   return MX_SUCCESS;
 }
 
@@ -221,7 +219,7 @@ MXReturnValue parse_exp_row_sum(const Attrs& attrs, int* num_in, int* num_out) {
     return MX_FAIL;
   }
   *num_in = 2;
-  *num_out = 1;
+  *num_out = 2;
   return MX_SUCCESS;
 }
 
@@ -229,19 +227,21 @@ MXReturnValue shape_exp_row_sum(const Attrs&, Shapes* in, Shapes* out) {
   const auto &x = (*in)[0], &shift = (*in)[1];
   if (x.size() != 2 || shift.size() != 1 || shift[0] != x[0])
     return fail_shape("pfc_exp_row_sum", "x [N, S], shift [N]");
-  (*out)[0] = {x[0]};
+  (*out)[0] = x;
+  (*out)[1] = {x[0]};
   return MX_SUCCESS;
 }
 
 MXReturnValue exp_row_sum(const Attrs& attrs, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
                           const OpResource&) {
   const float scale = std::stof(attrs.at("scale"));
-  float* x = (*in)[0].data<float>();
+  const float* x = (*in)[0].data<float>();
   const float* shift = (*in)[1].data<float>();
-  float* sums = (*out)[0].data<float>();
+  float* y = (*out)[0].data<float>();
+  float* sums = (*out)[1].data<float>();
   const int64_t N = (*in)[0].shape[0], S = (*in)[0].shape[1];
 #pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; ++n) sums[n] = static_cast<float>(exp_sum_row(x + n * S, scale, shift[n], S));
+  for (int64_t n = 0; n < N; ++n) sums[n] = static_cast<float>(exp_sum_row(x + n * S, y + n * S, scale, shift[n], S));
   return MX_SUCCESS;
 }
 
@@ -280,7 +280,6 @@ REGISTER_OP(pfc_scale_columns)
 .setParseAttrs(parse_2_1)
 .setInferType(types_scale_columns)
 .setInferShape(shape_scale_columns)
-.setMutateInputs(mutate_first)
 .setForward(scale_columns, "cpu");
 
 REGISTER_OP(pfc_row_max)
@@ -293,7 +292,6 @@ REGISTER_OP(pfc_exp_row_sum)
 .setParseAttrs(parse_exp_row_sum)
 .setInferType(types_exp_row_sum)
 .setInferShape(shape_exp_row_sum)
-.setMutateInputs(mutate_first)
 .setForward(exp_row_sum, "cpu");
 
 REGISTER_OP(pfc_scaled_transpose)
