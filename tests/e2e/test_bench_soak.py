@@ -29,7 +29,7 @@ def test_short_soak_of_the_head_and_the_trainer(tmp_path):
     for r in head["ranks"]:
         assert [s["step"] for s in r["samples"]] == [200, 1000, 2000]
         assert [s["at"] for s in r["samples"]] == ["after warm-up", "middle", "end"]
-        assert all(s["rss_mb"] > 0 and s["fds"] > 0 and s["step_ms"] > 0 for s in r["samples"])
+        assert all(s["rss_mb"] > 0 and s["heap_mb"] > 0 and s["fds"] > 0 and s["step_ms"] > 0 for s in r["samples"])
 
     trainer = report["trainer"]
     assert trainer["stalls"] == 0 and trainer["stop_line"].startswith("stopped by SIGTERM after step"), trainer
@@ -41,4 +41,5 @@ def test_short_soak_of_the_head_and_the_trainer(tmp_path):
     names = {(t["part"], t["what"]) for t in report["targets"]}
     assert ("head", "no stall") in names and ("trainer", "checkpoints on disk (= keep), no stray file") in names
     assert ("head", "rank 1 RSS growth after warm-up (MB)") in names
+    assert ("head", "rank 0 C heap growth after warm-up (MB)") in names
     assert not os.listdir(tmp_path) or all(not n.startswith("pfc-bench-soak-") for n in os.listdir(tmp_path))

@@ -227,16 +227,10 @@ def test_native_row_update_into_other_arrays_copies_then_updates():
 
 
 _HEAP_PROBE = """
-import ctypes
 import mxnet as mx, numpy as np
+from partial_fc.bench.common import heap_in_use
 from partial_fc.head import kernels, native
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
 op = native.native_ops(mx.cpu())
 w, m = mx.nd.ones((64, 8)), mx.nd.zeros((64, 8))
 g, idx = mx.nd.ones((16, 8)) * 0.01, mx.nd.array(np.arange(0, 64, 4), dtype=np.int64)
@@ -250,9 +244,9 @@ def calls(n):
         mx.nd.waitall()
 
 calls(500)  # MXNet's pools and caches warm up
-before = libc.mallinfo2().uordblks  # bytes malloc handed out and has not got back, all arenas
+before = heap_in_use()
 calls(5000)
-print(libc.mallinfo2().uordblks - before)
+print(heap_in_use() - before)
 """
 
 

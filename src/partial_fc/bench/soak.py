@@ -10,8 +10,8 @@ head     the Partial FC operator alone for --head-steps steps on synthetic embed
          trainer's order (pfc.stop_requested, then the head's pfc.features, pfc.labels, pfc.logits_max,
          pfc.sum_exp_target, pfc.feature_grad, then pfc.grad_overflow) and every step inside the trainer's
          Watchdog (PFC_COLLECTIVE_TIMEOUT's default limit). Each rank records its step time (median of the
-         last 200 steps), resident memory and open file descriptors after the warm-up, at the middle and at
-         the end.
+         last 200 steps), resident memory, C heap in use and open file descriptors after the warm-up, at the
+         middle and at the end.
 trainer  `partial-fc train` itself (mbf, a small batch, synthetic images of recurring identities, a checkpoint
          every --checkpoint-steps steps keeping --keep) for --trainer-seconds, then stopped with SIGTERM to
          horovodrun, as a cluster preempts a job (training/preemption.py). This process samples each rank's
@@ -21,8 +21,13 @@ trainer  `partial-fc train` itself (mbf, a small batch, synthetic images of recu
 A stall is a watchdog trip (the job then ends with status 3) or a stall warning of Horovod's own (a
 collective some rank has waited 60 s for). Targets, printed PASS/FAIL and never asserted: no stall; each
 rank's resident memory at the end within max(RSS_BOUND_MB, RSS_BOUND_FRACTION of it) of its value after
-the warm-up; no more open descriptors at the end than after the warm-up; exactly --keep checkpoints on
-disk, and nothing else of a checkpoint (no temporary file, no piece of a pruned one).
+the warm-up; the head's C heap in use at the end within HEAP_BOUND_MB + HEAP_BOUND_PER_STEP bytes per step
+of its value after the warm-up; no more open descriptors at the end than after the warm-up; exactly --keep
+checkpoints on disk, and nothing else of a checkpoint (no temporary file, no piece of a pruned one).
+
+Why the heap as well as RSS: glibc serves small allocations from free space it already holds, so a leak of
+~100 bytes a step (MXNet's list of a library operator's mutable inputs, never freed; docs/design.md §2) moved
+the RSS by only 11 MB in 100,000 steps, inside the RSS bound, while the heap in use grew from the first steps.
 """
 from __future__ import annotations
 
@@ -51,6 +56,10 @@ TRAINER_NETWORK, TRAINER_BATCH, TRAINER_DIM, TRAINER_CLASSES, TRAINER_IDENTITIES
 DEFAULT_CHECKPOINT_STEPS, DEFAULT_KEEP = 200, 3
 WINDOW = 200                          # head steps per step-time median
 RSS_BOUND_MB, RSS_BOUND_FRACTION = 20.0, 0.05
+# The head's heap after warm-up: a step's own allocations come and go, so its level moves only by what happens
+# to be live when it is read (Horovod's and MXNet's buffers in flight: a few hundred KB either way, measured);
+# a leak adds its bytes at every step (the one above: ~100).
+HEAP_BOUND_MB, HEAP_BOUND_PER_STEP = 1.0, 8.0
 HOROVOD_STALL = re.compile(r"stalled|waiting for remainder of ranks", re.IGNORECASE)
 WATCHDOG_TRIP = "did not finish within"
 STOP_LINE = re.compile(r"stopped by (\w+) after step (\d+): (.*)")
@@ -94,8 +103,9 @@ def head_worker(steps: int, out_dir: str, *, classes=HEAD_CLASSES, batch=HEAD_BA
             recent.append(seconds)
             longest = max(longest, seconds)
             if step + 1 in marks:
+                heap = common.heap_in_use()
                 samples.append({"step": step + 1, "at": marks[step + 1], "step_ms": 1e3 * statistics.median(recent),
-                                **process_usage(os.getpid())})
+                                "heap_mb": None if heap is None else heap / 2 ** 20, **process_usage(os.getpid())})
     finally:
         watchdog.close()
     report = {"rank": comm.rank, "steps": steps, "samples": samples, "longest_step_ms": 1e3 * longest}
@@ -280,6 +290,10 @@ def rss_bound_mb(start_mb: float) -> float:
     return max(RSS_BOUND_MB, RSS_BOUND_FRACTION * start_mb)
 
 
+def heap_bound_mb(steps: int) -> float:
+    return HEAP_BOUND_MB + HEAP_BOUND_PER_STEP * steps / 2 ** 20
+
+
 def targets(head, trainer) -> list[dict]:
     found = []
     for part, per_rank in (("head", _head_samples(head)), ("trainer", _trainer_samples(trainer))):
@@ -298,6 +312,10 @@ def targets(head, trainer) -> list[dict]:
             found.append({"part": part, "what": f"rank {rank} RSS growth after warm-up (MB)", "value": round(growth, 1),
                           "bound": round(rss_bound_mb(first["rss_mb"]), 1),
                           "pass": growth <= rss_bound_mb(first["rss_mb"])})
+            if first.get("heap_mb") is not None:
+                grown, bound = last["heap_mb"] - first["heap_mb"], heap_bound_mb(last["step"] - first["step"])
+                found.append({"part": part, "what": f"rank {rank} C heap growth after warm-up (MB)",
+                              "value": round(grown, 2), "bound": round(bound, 2), "pass": grown <= bound})
             found.append({"part": part, "what": f"rank {rank} open fds after warm-up -> end",
                           "value": f"{first['fds']} -> {last['fds']}", "pass": last["fds"] <= first["fds"]})
     if trainer is not None:
@@ -336,9 +354,10 @@ def format_table(report: dict) -> str:
                       f"r={c['rate']}): {head['steps_done']:,} of {head['steps_requested']:,} steps in "
                       f"{head['wall_s']:.0f} s, stalls {head['stalls']}"
                   + (f"; failed: {head['error']}" if head["error"] else "")]
-        rows = [(str(r["rank"]), f"{s['step']:,}", f"{s['step_ms']:.2f}", f"{s['rss_mb']:.1f}", str(s["fds"]), s["at"])
+        rows = [(str(r["rank"]), f"{s['step']:,}", f"{s['step_ms']:.2f}", f"{s['rss_mb']:.1f}",
+                 "n/a" if s.get("heap_mb") is None else f"{s['heap_mb']:.2f}", str(s["fds"]), s["at"])
                 for r in head["ranks"] for s in r["samples"]]
-        lines += common.table(("rank", "step", "step ms", "RSS MB", "fds", "when"), rows) if rows else []
+        lines += common.table(("rank", "step", "step ms", "RSS MB", "heap MB", "fds", "when"), rows) if rows else []
         lines += ["longest step: " + ", ".join(f"rank {r['rank']} {r['longest_step_ms']:.1f} ms"
                                                 for r in head["ranks"])]
     if trainer is not None:
@@ -353,7 +372,8 @@ def format_table(report: dict) -> str:
         lines += [f"stop: {trainer['stop_line'] or trainer['error']}"]
         lines += [f"  {x}" for x in trainer["stall_lines"]]
     lines += ["", f"targets (RSS bound: max({RSS_BOUND_MB:g} MB, {RSS_BOUND_FRACTION:.0%} of the value after "
-                  f"warm-up)):"]
+                  f"warm-up); heap bound: {HEAP_BOUND_MB:g} MB + {HEAP_BOUND_PER_STEP:g} bytes per step after "
+                  f"warm-up):"]
     for t in report["targets"]:
         bound = f" (bound {t['bound']})" if "bound" in t else ""
         lines.append(f"  {t['part']}: {t['what']}: {t['value']}{bound} {'PASS' if t['pass'] else 'FAIL'}")
