@@ -7,9 +7,11 @@ head's memory (what the simulation measures) is not buried under the backbone's.
 
 Shapes with embedding D: data [B,3,112,112] -> conv1 [B,8,56,56] -> conv2 [B,16,28,28] -> conv3 [B,16,14,14]
 -> conv4 [B,32,7,7] -> fc1 [B,D]. Each convolution is 3x3 with stride 2, followed by BatchNorm and PReLU;
-the embedding head is the common one (FullyConnected pre_fc1 + BatchNorm fc1).
+the embedding is one FullyConnected `fc1` (with bias), without the other networks' BatchNorm (see below).
 """
-from .common import batchnorm, check_args, conv, embedding, normalized_input, prelu, to_float32
+import mxnet as mx
+
+from .common import batchnorm, check_args, conv, normalized_input, prelu, to_float32
 
 # (output channels) of the stride-2 3x3 convolutions: 112 -> 56 -> 28 -> 14 -> 7.
 WIDTHS = (8, 16, 16, 32)
@@ -24,4 +26,10 @@ def get_symbol(embedding_size=512, fp16=False, dropout=0.0, prelu_impl="leakyrel
         x = batchnorm(x, f"conv{layer}_bn")
         x = prelu(x, width, f"conv{layer}_relu", prelu_impl)
     x = to_float32(x, fp16)
-    return embedding(x, embedding_size, dropout)
+    # No BatchNorm on the embedding, unlike the other networks' head: a simulation runs 2 images per rank,
+    # and a BatchNorm over two rows outputs beta +- gamma in every dimension whatever the images are, so an
+    # identity's embedding would be set by the image it shares its rank's batch with, and the loss could not
+    # fall past the first steps. The convolutions' BatchNorms pool over the pixels too and stay stable.
+    if dropout > 0:
+        x = mx.sym.Dropout(x, p=dropout, name="dropout")
+    return mx.sym.FullyConnected(x, num_hidden=embedding_size, flatten=True, name="fc1")
