@@ -52,11 +52,11 @@ from . import common, peak_rss
 DEFAULT_CLASSES, DEFAULT_WORKERS, DEFAULT_RESUME_WORKERS = 100_000_000, 64, 32
 # D = 8, float16 centers + momentum: 1.5625 M rows x 8 x 2 arrays x 2 B = 50 MB per rank at W = 64.
 DEFAULT_DIM, DEFAULT_BANK_DTYPE = 8, "float16"
-# Two images per rank: the embedding's BatchNorm needs more than one row (at B = 1 it outputs its beta for
-# every image). N x S = B x r x C whatever W: at r = 0.01 each of the two [N, S] float32 arrays is 8 MB at
-# 1e8 classes (at r = 0.1, 80 MB per rank, 10 GB over 64 ranks).
+# Two images per rank: the other networks' embedding BatchNorm needs more than one row (tiny has none). N x S
+# = B x r x C whatever W: at r = 0.01 each of the two [N, S] float32 arrays is 8 MB at 1e8 classes (at r = 0.1,
+# 80 MB per rank, 10 GB over 64 ranks). Enough steps for the loss to show its trend (a step is seconds).
 DEFAULT_BATCH, DEFAULT_RATE = 2, 0.01
-DEFAULT_STEPS, DEFAULT_RESUME_STEPS = 4, 2
+DEFAULT_STEPS, DEFAULT_RESUME_STEPS = 8, 4
 DEFAULT_IDENTITIES, DEFAULT_NETWORK = 16, "tiny"
 # The learning rates the steps run at, after the trainer's linear scaling with the global batch (the
 # benchmark passes PFC_LR = lr x 512 / (B x W), so both world sizes step alike).
@@ -268,7 +268,7 @@ def benchmark(classes=DEFAULT_CLASSES, workers=DEFAULT_WORKERS, resume_workers=D
                                 f"{identities} identities")
     if not 1 <= identities or batch < 2 or min(steps, resume_steps) < 1:
         raise common.BenchError("--identities and --steps / --resume-steps must be >= 1, --batch >= 2 (the "
-                                "embedding's BatchNorm needs two rows)")
+                                "networks' BatchNorms need two rows)")
     if network not in symbols.NETWORKS:
         raise common.BenchError(f"unknown network {network!r} (known: {', '.join(symbols.NETWORKS)})")
     if comm == "mpi" and launcher != "mpirun":
