@@ -218,20 +218,19 @@ class MemoryBank:
         whole = (lo, hi) == (0, self.weight.shape[0])
         if self.storage == "device":
             kw = dict(lr=lr, momentum=self.momentum, wd=self.wd)
-            if project:  # only with the native update (update_rows): it projects as it updates, in place
+            update_in_place = native_row_update(self.ctx)
+            # project: only with the native update (update_rows), which projects as it updates.
+            if project or (not sample.full and update_in_place is not None):
                 idx = _index(sample.index[lo:hi], self.ctx)
-                native_row_update(self.ctx)(self.weight, self.mom, grad, idx, project=1, out=(self.weight, self.mom),
-                                            **kw)
+                # The bank's arrays are the outputs: the rows are updated where they lie (row_update.cc).
+                update_in_place(self.weight, self.mom, grad, idx, project=int(project), out=(self.weight, self.mom),
+                                **kw)
                 return
             if sample.full:
                 w, m = (self.weight, self.mom) if whole else (self.weight[lo:hi], self.mom[lo:hi])
                 mx.nd.sgd_mom_update(w, grad, m, out=w, **kw)  # in place (slices are views of the shard)
                 return
             idx = _index(sample.index[lo:hi], self.ctx)
-            update_in_place = native_row_update(self.ctx)
-            if update_in_place is not None:
-                update_in_place(self.weight, self.mom, grad, idx, out=(self.weight, self.mom), **kw)
-                return
             w = rows if rows is not None else mx.nd.take(self.weight, idx)
             # Stock operators: update gathered copies of the rows, then scatter both back (twice the traffic).
             m = mx.nd.take(self.mom, idx)
