@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Partial FC needs on a fresh Debian machine with Python 3.11: system packages (Open MPI;
 #   openssh-server, whose sshd the multi-host test tier starts as its second host), a virtual environment with
-#   the pinned stack of docs/design.md §2, Horovod 0.28.1 built from source with MXNet, Gloo and MPI, and this
-#   project (editable).
+#   the pinned stack of docs/design.md §2, Horovod 0.28.1 built from source with MXNet, Gloo and MPI (and the
+#   fixes in scripts/patches), and this project (editable).
 #
 # Usage: bash scripts/install.sh [--cuda 112]     (--cuda picks mxnet-cu112 and Horovod with NCCL)
 #
@@ -49,6 +49,7 @@ command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 "$py" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
   || need_apt+=(python3-dev)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
+command -v patch >/dev/null 2>&1 || need_apt+=(patch)  # this project's fixes to Horovod (scripts/patches)
 # A current OpenBLAS for MXNet (see "MXNet's BLAS" below); the OpenMP build, as MXNet's own.
 system_openblas=/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0
 [ -e "$system_openblas" ] || need_apt+=(libopenblas0-openmp)
@@ -78,13 +79,15 @@ fi
 # --- virtual environment ---------------------------------------------------------------------
 # Only the part of this script from this section on is an input: the system packages above do not change the
 # venv, so adding one must not rebuild it.
+patches=("$here"/scripts/patches/horovod-0.28.1-*.patch)
+patches_sum="$(cat "${patches[@]}" | sha256sum | cut -c1-12)"
 key="$( (sed -n '/^# --- virtual environment/,$p' "$here/scripts/install.sh"; cat "$here/requirements.txt"
-         echo "cuda=$cuda"; "$py" --version) | sha256sum | cut -c1-16)"
+         echo "cuda=$cuda patches=$patches_sum"; "$py" --version) | sha256sum | cut -c1-16)"
 # The compiled Horovod wheel is kept outside the tree, so a fresh clone installs it in seconds instead
 # of compiling again. pip's own cache serves the other wheels.
 cache_root="${PFC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/partial-fc}"
-# The wheel depends only on what Horovod compiles against: the mxnet build and the Python version.
-wheels="$cache_root/horovod-0.28.1-$(echo "$mxnet_pkg $("$py" --version)" | sha256sum | cut -c1-12)"
+# The wheel depends only on what Horovod compiles: its patches, the mxnet build and the Python version.
+wheels="$cache_root/horovod-0.28.1-$(echo "$mxnet_pkg $("$py" --version) $patches_sum" | sha256sum | cut -c1-12)"
 venv="$here/.venv"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -100,11 +103,19 @@ if [ "$(cat "$venv/.pfc-inputs" 2>/dev/null)" != "$key" ]; then
     hv_env=(HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1
             HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1)
     [ -z "$cuda" ] || hv_env+=(HOROVOD_GPU_OPERATIONS=NCCL)
+    # From its source release with this project's fixes, each patch saying what it fixes and why.
+    rm -rf "$wheels.src" "$wheels.tmp"
+    $pip download -q --no-deps --no-binary :all: --no-build-isolation -d "$wheels.src" horovod==0.28.1
+    tar -xzf "$wheels.src"/horovod-0.28.1.tar.gz -C "$wheels.src"
+    for p in "${patches[@]}"; do
+      log "patching horovod: $(basename "$p")"
+      patch -d "$wheels.src/horovod-0.28.1" -p1 --forward --quiet < "$p"
+    done
     log "compiling horovod 0.28.1 (${hv_env[*]}): about 2-5 minutes"
     mkdir -p "$wheels"
     env "${hv_env[@]}" MAKEFLAGS="-j$(nproc)" $pip wheel -q --no-deps --no-build-isolation --no-cache-dir \
-      -w "$wheels.tmp" horovod==0.28.1
-    mv "$wheels.tmp"/horovod-*.whl "$wheels"/ && rm -rf "$wheels.tmp"
+      -w "$wheels.tmp" "$wheels.src/horovod-0.28.1"
+    mv "$wheels.tmp"/horovod-*.whl "$wheels"/ && rm -rf "$wheels.tmp" "$wheels.src"
   fi
   $pip install -q "$wheels"/horovod-0.28.1-*.whl
   "$venv/bin/python" - <<'PY'
