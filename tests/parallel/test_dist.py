@@ -86,7 +86,7 @@ def test_no_collective_goes_through_horovods_broadcast(comm, monkeypatch):
 
 
 def test_a_steps_collectives_hold_no_memory(comm):
-    """Every collective kind a training step makes, 2,500 times: no rank's C heap may grow. Horovod 0.28.1's
+    """Every collective kind a training step makes, 2,000 times: no rank's C heap may grow. Horovod 0.28.1's
     Gloo controller leaked 32 bytes on rank 0 at every negotiation it could not answer from its cache, which
     is every reducescatter (never cached): ~40 bytes a head step, 4.7 MB over the 100,000-step soak.
     scripts/install.sh compiles Horovod with scripts/patches/horovod-0.28.1-gloo-gatherv-leak.patch."""
@@ -109,7 +109,8 @@ def test_a_steps_collectives_hold_no_memory(comm):
 
     steps(100)  # caches, pools and free lists fill up first
     before = heap_in_use()
-    steps(2500)
+    steps(2000)
     grown = heap_in_use() - before
-    # The leak held 2,500 x 32 = 80 KB; a heap without one moves by what happens to be live (a few KB).
-    assert grown < 40 * 1024, f"rank {comm.rank}: the heap grew by {grown} bytes over 2,500 steps of collectives"
+    # With the leak rank 0 held 41 bytes a step here (103 KB over 2,500 steps, measured); without it a heap
+    # moves by what happens to be live when it is read (a few KB).
+    assert grown < 32 * 1024, f"rank {comm.rank}: the heap grew by {grown} bytes over 2,000 steps of collectives"
