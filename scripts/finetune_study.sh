@@ -6,6 +6,8 @@
 # 2-core CPU machine (about 9 minutes more for the base model; one already in WORK is reused).
 #   WORK=/tmp/ft bash scripts/finetune_study.sh          # SEEDS="0 1 2" MODES="random freeze imprint" STEPS=36
 #   WORK=/tmp/ft STEPS=12 MODES="random imprint imprint_slowhead" bash scripts/finetune_study.sh   # one epoch
+#   WORK=/tmp/ft FT_IDENTITIES=500 FT_IMAGES=6 FT_PAIRS=1000 STEPS=24 MODES="random imprint" bash scripts/finetune_study.sh
+#                                            # many identities, a fraction of an epoch: each class seen once or twice
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -15,11 +17,18 @@ STEPS=${STEPS:-36}
 FT_LR=${FT_LR:-0.1}          # backbone: 1/8 of the base run's 0.8
 FT_HEAD_LR=${FT_HEAD_LR:-0.8}  # centers: the base run's rate, so random centers can still be learnt in a few epochs
 FREEZE=${FREEZE:-12}         # one epoch of 400 images at a global batch of 32
+FT_IDENTITIES=${FT_IDENTITIES:-50} FT_IMAGES=${FT_IMAGES:-8} FT_PAIRS=${FT_PAIRS:-300}  # the fine-tuning data
+FT=$W/ft                     # the default data keeps its first name; any other gets its own folder and runs
+tag=""
+if [ "$FT_IDENTITIES/$FT_IMAGES/$FT_PAIRS" != 50/8/300 ]; then
+  tag=_${FT_IDENTITIES}x${FT_IMAGES}_${FT_PAIRS}p
+  FT=$W/ft$tag
+fi
 mkdir -p "$W"
 [ -f "$W/base/train.idx" ] || partial-fc synth --output "$W/base" --identities 100 --images-per-identity 12 \
   --pairs 300 --seed 1 --quiet
-[ -f "$W/ft/train.idx" ] || partial-fc synth --output "$W/ft" --identities 50 --images-per-identity 8 \
-  --pairs 300 --seed 2 --quiet
+[ -f "$FT/train.idx" ] || partial-fc synth --output "$FT" --identities "$FT_IDENTITIES" \
+  --images-per-identity "$FT_IMAGES" --pairs "$FT_PAIRS" --seed 2 --quiet
 BASE=$W/base_model/model-0120.json
 if [ ! -f "$BASE" ]; then
   rm -rf "$W/base_model"
@@ -27,11 +36,11 @@ if [ ! -f "$BASE" ]; then
     PFC_LR=0.8 PFC_MEMORY_BANK_LR=0.8 PFC_MAX_STEPS=120 PFC_LR_STEPS=90 PFC_VERBOSE=120 PFC_DATA_THREADS=1 \
     PFC_TENSORBOARD=0 horovodrun -np 2 -H localhost:2 --gloo partial-fc train > "$W/base.log" 2>&1
 fi
-[ -f "$W/pretrained.json" ] || partial-fc verify "$BASE" "$W/ft/synth_val.bin" "$W/ft/synth_hard.bin" --json \
-  > "$W/pretrained.json" 2>/dev/null
+[ -f "$W/pretrained$tag.json" ] || partial-fc verify "$BASE" "$FT/synth_val.bin" "$FT/synth_hard.bin" --json \
+  > "$W/pretrained$tag.json" 2>/dev/null
 for seed in ${SEEDS:-0 1 2}; do
   for mode in ${MODES:-random freeze imprint}; do
-    out=$W/ft_${mode}_${STEPS}steps_$seed
+    out=$W/ft${tag}_${mode}_${STEPS}steps_$seed
     extra=()
     case $mode in
       freeze) extra=(PFC_FREEZE_BACKBONE_STEPS=$FREEZE) ;;
@@ -40,7 +49,7 @@ for seed in ${SEEDS:-0 1 2}; do
     esac
     if [ ! -f "$out/metrics.jsonl" ] || ! grep -q accuracy "$out/metrics.jsonl"; then
       rm -rf "$out"
-      env PFC_DATA_DIR="$W/ft" PFC_PRETRAINED="$BASE" PFC_NETWORK=mbf PFC_EMBEDDING_SIZE=128 PFC_BATCH_SIZE=16 \
+      env PFC_DATA_DIR="$FT" PFC_PRETRAINED="$BASE" PFC_NETWORK=mbf PFC_EMBEDDING_SIZE=128 PFC_BATCH_SIZE=16 \
         PFC_LR="$FT_LR" PFC_MEMORY_BANK_LR="$FT_HEAD_LR" PFC_MAX_STEPS="$STEPS" PFC_LR_STEPS=100000 \
         PFC_FREQUENT=1 PFC_VERBOSE=100000 PFC_TENSORBOARD=0 PFC_DATA_THREADS=1 PFC_SAVE_CHECKPOINTS=0 \
         PFC_SEED="$seed" "${extra[@]}" PFC_OUTPUT="$out" \
