@@ -27,7 +27,9 @@ checkpoints on disk, and nothing else of a checkpoint (no temporary file, no pie
 
 Why the heap as well as RSS: glibc serves small allocations from free space it already holds, so a leak of
 ~100 bytes a step (MXNet's list of a library operator's mutable inputs, never freed; docs/design.md §2) moved
-the RSS by only 11 MB in 100,000 steps, inside the RSS bound, while the heap in use grew from the first steps.
+the RSS by only 11 MB in 100,000 steps, inside the RSS bound, while the heap in use grew from the first steps;
+the heap also found Horovod 0.28.1's Gloo coordinator leaking ~40 bytes a step on rank 0 alone (patched by
+scripts/install.sh, docs/performance.md "bench soak").
 """
 from __future__ import annotations
 
