@@ -7,7 +7,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from partial_fc.head import memory_bank, native
+from partial_fc.head import kernels, memory_bank, native
 from partial_fc.head.memory_bank import MemoryBank
 from partial_fc.head.memory_plan import bank_bytes, format_memory_plan, memory_plan
 from partial_fc.head.precision import convert_rows, from_float32, to_float32
@@ -170,6 +170,44 @@ def test_projected_update_native_equals_stock_and_float64(full, monkeypatch):
         np.testing.assert_allclose(wn[index], w64 + mom, rtol=1e-5, atol=1e-6)
         untouched = np.setdiff1d(np.arange(50), index)
         assert np.array_equal(wn[untouched], w[untouched])
+
+
+@pytest.mark.parametrize("storage, dtype", [("device", "float32"), ("host", "float32"), ("device", "float16"),
+                                            ("host", "bfloat16")])
+def test_gather_gives_the_rows_and_their_inverse_norms(storage, dtype, monkeypatch):
+    """gather(sample, out, inv_norms): the sampled rows widened to float32, and 1 / |w| of each. A float32 CPU
+    bank takes both in one native pass (pfc_gather_rows); its norms are bit for bit those kernels.inv_row_norms
+    computes on the gathered copy (what the operator used before), and the stock path gives the same."""
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((300, 40)).astype(np.float32)
+    bank = MemoryBank(w, storage=storage, dtype=dtype)
+    index = np.sort(rng.choice(300, 77, replace=False))
+    sample = Sample(index=index, labels=np.zeros(0, np.int64), full=False)
+    expect = to_float32(from_float32(w, dtype), dtype)[index] if dtype != "float32" else w[index]
+    out = mx.nd.empty((77, 40)) if (storage, dtype) == ("device", "float32") else None
+    inv = mx.nd.empty((100,))
+    rows = bank.gather(sample, out=out, inv_norms=inv[10:87])  # into a view, as the operator may
+    assert np.array_equal(rows.asnumpy(), expect)
+    if out is not None:
+        assert rows is out
+    got = inv.asnumpy()[10:87]
+    np.testing.assert_allclose(got, 1 / np.linalg.norm(expect.astype(np.float64), axis=1), rtol=1e-6)
+    assert np.array_equal(got, kernels.inv_row_norms(mx.nd.array(expect)).asnumpy())
+    if out is not None:
+        with monkeypatch.context() as mp:                     # the same call without the native library
+            mp.setattr(native, "_native", {"cpu": None})
+            stock = mx.nd.empty((77,))
+            assert np.array_equal(bank.gather(sample, out=mx.nd.empty((77, 40)), inv_norms=stock).asnumpy(), expect)
+        np.testing.assert_allclose(stock.asnumpy(), got, rtol=1e-6)
+
+
+def test_native_gather_refuses_a_row_outside_the_bank():
+    gather = native.native_gather(mx.cpu())
+    assert gather is not None, "the native gather is not built"
+    weight = mx.nd.ones((10, 4))
+    with pytest.raises(mx.base.MXNetError, match="pfc_gather_rows: index 10 outside the bank's 10 rows"):
+        gather(weight, mx.nd.array([3, 10], dtype=np.int64), out=(mx.nd.empty((2, 4)), mx.nd.empty((2,))))
+        mx.nd.waitall()
 
 
 def test_native_row_update_loads_after_horovod():

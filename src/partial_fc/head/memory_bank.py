@@ -3,8 +3,8 @@
 Only the rows sampled in a step are read, updated and written back (sparse SGD with momentum and
 weight decay, the same update rule as MXNet's sgd_mom_update); rows not sampled keep both their weight
 and their momentum untouched. Centers are never allreduced: each rank owns its rows outright. On a float32
-CPU bank the sampled rows are updated where they lie by a native operator (native/row_update.cc); elsewhere
-stock operators update gathered copies and scatter them back.
+CPU bank the sampled rows are gathered (with their norms) and updated where they lie by native operators
+(native/row_update.cc); elsewhere stock operators gather, update the copies and scatter them back.
 
 Storage "device" keeps both arrays as NDArrays on the compute context; "host" keeps them as numpy arrays
 in host memory (for GPU runs whose shard does not fit next to the backbone) and moves only sampled rows.
@@ -21,7 +21,7 @@ import mxnet as mx
 import numpy as np
 
 from . import kernels
-from .native import native_row_update, release_free_memory
+from .native import native_gather, native_row_update, release_free_memory
 from .precision import CONVERT_ROWS, as_storage, check_dtype, from_float32, itemsize, storage_numpy_dtype, to_float32
 from .sampler import Sample
 
@@ -157,15 +157,27 @@ class MemoryBank:
 
     # --- float32 views of rows ---
 
-    def gather(self, sample: Sample, out: mx.nd.NDArray | None = None) -> mx.nd.NDArray:
+    def gather(self, sample: Sample, out: mx.nd.NDArray | None = None,
+               inv_norms: mx.nd.NDArray | None = None) -> mx.nd.NDArray:
         """Sampled centers as float32 [S, D] on the compute context.
 
         For a full sample on float32 device storage this is the shard itself, not a copy: r = 1.0 pays no
         gather. out: a float32 [S, D] array to gather into (float32 device storage only; a caller that keeps
-        one between steps spares the page faults of a fresh multi-hundred-MB array)."""
+        one between steps spares the page faults of a fresh multi-hundred-MB array). inv_norms: a float32 [S]
+        array that receives 1 / |w| of each row; a float32 CPU bank computes them in the gather's own pass
+        (native/row_update.cc, pfc_gather_rows), elsewhere they are computed from the gathered rows."""
         if out is not None and not sample.full and self.storage == "device" and self.dtype == "float32":
-            return mx.nd.take(self.weight, _index(sample.index, self.ctx), out=out)
-        return self.gather_rows(sample, 0, sample.index.size)
+            gather = native_gather(self.ctx)
+            idx = _index(sample.index, self.ctx)
+            if gather is not None and inv_norms is not None:
+                gather(self.weight, idx, out=(out, inv_norms))
+                return out
+            rows = mx.nd.take(self.weight, idx, out=out)
+        else:
+            rows = self.gather_rows(sample, 0, sample.index.size)
+        if inv_norms is not None:
+            kernels.inv_row_norms(rows, out=inv_norms)
+        return rows
 
     def gather_rows(self, sample: Sample, lo: int, hi: int) -> mx.nd.NDArray:
         """Centers of the sampled rows index[lo:hi] as float32 [hi - lo, D] on the compute context (a view of

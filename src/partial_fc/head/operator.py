@@ -56,7 +56,7 @@ class _Work:
     kept: mx.nd.NDArray | None      # float32 [S, D] sampled centers kept for the whole step, or None:
                                     # gathered from the bank chunk by chunk in each pass
     Fh: mx.nd.NDArray | None = None       # [N, D] normalised features
-    w_inv: mx.nd.NDArray | None = None    # [S] 1 / |w| of the sampled centers
+    w_inv: mx.nd.NDArray | None = None    # [S] 1 / |w| of the sampled centers (from the gather, or _cosines)
     dcos_t: mx.nd.NDArray | None = None   # [S, N] dL/dcos scaled by 1/|w|, transposed: a chunk is a row block
 
 
@@ -186,15 +186,17 @@ class PartialFC:
         instead of normalising the [S, D] centers."""
         N, S = Fh.shape[0], work.sample.index.size
         cos = work.buffers.cos
-        w_inv = mx.nd.empty((S,), ctx=self.ctx)
+        have_norms = work.w_inv is not None  # computed by the gather
+        w_inv = work.w_inv if have_norms else mx.nd.empty((S,), ctx=self.ctx)
         # All rows at hand (kept, or one chunk): one product straight into cos, as fast as a plain matmul.
         # Otherwise a product per chunk, copied into its columns.
         products = Alternating((N, work.chunks[0][1]), self.ctx) if work.kept is None and len(work.chunks) > 1 \
             else None
         for lo, hi in work.chunks:
             w = self._centers(work, lo, hi)
-            with self._phase("normalise"):
-                kernels.inv_row_norms(w, out=w_inv[lo:hi])
+            if not have_norms:
+                with self._phase("normalise"):
+                    kernels.inv_row_norms(w, out=w_inv[lo:hi])
             if products is not None:
                 with self._phase("matmul"):
                     cos[:, lo:hi] = mx.nd.dot(Fh, w, transpose_b=True, out=products.take((N, hi - lo)))
@@ -279,11 +281,14 @@ class PartialFC:
         chunks = self._chunks(S)
         keep = self.bank.dtype == "float32" and self.bank.storage == "device"
         buffers = self._pool.take(N, S, D, keep and not sample.full)
-        kept = None
+        kept = w_inv = None
         if keep:
+            # A sampled gather reads every row anyway: it gives their 1 / |w| too (the shard's, at r = 1.0,
+            # come from a pass of their own in _cosines).
+            w_inv = None if sample.full else mx.nd.empty((S,), ctx=self.ctx)
             with self._phase("gather"):
-                kept = self.bank.gather(sample, out=buffers.kept)          # [S, D] float32 (the shard when full)
-        return _Work(sample, chunks, buffers, kept)
+                kept = self.bank.gather(sample, out=buffers.kept, inv_norms=w_inv)  # [S, D] (the shard when full)
+        return _Work(sample, chunks, buffers, kept, w_inv=w_inv)
 
     def _centers(self, work: _Work, lo: int, hi: int) -> mx.nd.NDArray:
         """Float32 centers of the sampled rows [lo, hi): a view of the kept rows, or a fresh gather."""

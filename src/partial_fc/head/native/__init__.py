@@ -1,9 +1,11 @@
 """What the head needs from outside Python: its native CPU operators, and glibc's malloc_trim.
 
 One MXNet custom-operator library (built by setup.py against the installed mxnet's lib_api) holds
-  row_update.cc  `pfc_sgd_mom_rows`: updates rows `index` of a float32 CPU bank's centers and momentum in place,
-                 reading and writing each row once, bit-identical to sgd_mom_update on gathered copies (MXNet's
-                 stock operators can only update gathered copies and scatter them back, twice the traffic);
+  row_update.cc  the operators on sampled rows of a float32 CPU bank: `pfc_gather_rows` copies rows `index`
+                 out with their 1 / |w| in one pass; `pfc_sgd_mom_rows` updates the rows' centers and momentum
+                 in place, reading and writing each row once, bit-identical to sgd_mom_update on gathered copies
+                 (MXNet's stock operators can only update gathered copies and scatter them back, twice the
+                 traffic);
   kernels.cc     the step's large elementwise passes, one loop each (head/kernels.py is their Python face).
 """
 from __future__ import annotations
@@ -57,6 +59,12 @@ def native_row_update(ctx):
     """mx.nd.pfc_sgd_mom_rows (row_update.cc: SGD with momentum on rows of the bank, in place), or None."""
     ops = native_ops(ctx)
     return None if ops is None else ops.pfc_sgd_mom_rows
+
+
+def native_gather(ctx):
+    """mx.nd.pfc_gather_rows (row_update.cc: rows of the bank and their 1 / |w| in one pass), or None."""
+    ops = native_ops(ctx)
+    return None if ops is None else ops.pfc_gather_rows
 
 
 def _load_native():

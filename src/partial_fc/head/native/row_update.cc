@@ -1,3 +1,13 @@
+// The two operators on the sampled rows of a float32 CPU memory bank: the step's gather and its update.
+//
+// pfc_gather_rows: copies rows `index` of the centers into a contiguous [S, D] array (what the step's
+// matmuls read) and computes 1 / |w| of each in the same pass, while the row is in cache. Stock MXNet
+// gathers with `take` and then reads the copy again for the norms; at r = 0.1 and a million rows per rank
+// those two passes and the scattered reads were what kept the sampled step above a tenth of the full one.
+//
+//   Inputs:  0 weight  float32 [count, D]   1 index int64 [S] (rows of the bank, any order)
+//   Outputs: 0 rows    float32 [S, D]       1 inv_norms float32 [S], 1 / |w_s|
+//
 // pfc_sgd_mom_rows: SGD with momentum and weight decay applied to a set of rows of a memory bank, in place.
 //
 // Why a native operator: MXNet 1.9 has no dense "update these rows where they are" operator. Built from stock
@@ -24,6 +34,7 @@
 // and never frees the list the library allocates for the answer (src/c_api/c_api.cc, callMutateInputs), 32
 // bytes per call: the head's RSS rose by about 0.1 KB per step through a 100,000-step soak.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <mxnet/lib_api.h>
@@ -33,6 +44,19 @@ using namespace mxnet::ext;
 namespace {
 
 typedef std::unordered_map<std::string, std::string> Attrs;
+
+// Both operators visit bank rows in index order, and each sampled row starts a fresh stretch of memory where
+// the hardware prefetcher has no history: they ask for the row two turns ahead while working on this one
+// (measured on 1e6 x 512 rows at r = 0.1: the update about 10 % faster, the gather a few percent).
+constexpr int64_t kAhead = 2;
+
+inline void prefetch_row(const float* row, int64_t D, bool for_write) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t b = 0; b < D * static_cast<int64_t>(sizeof(float)); b += 64) {
+    if (for_write) __builtin_prefetch(p + b, 1, 3);
+    else __builtin_prefetch(p + b, 0, 3);
+  }
+}
 
 MXReturnValue parseAttrs(const Attrs& attrs, int* num_in, int* num_out) {
   for (const char* key : {"lr", "momentum", "wd"}) {
@@ -123,12 +147,90 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
   }
   // Rows are independent (unique indices), so they split across the OpenMP threads MXNet itself uses.
 #pragma omp parallel for schedule(static)
-  for (int64_t s = 0; s < S; ++s) update_row(weight + index[s] * D, momentum + index[s] * D, grad + s * D, D, lr, mu,
-                                              wd, project);
+  for (int64_t s = 0; s < S; ++s) {
+    if (s + kAhead < S) {
+      prefetch_row(weight + index[s + kAhead] * D, D, true);
+      prefetch_row(momentum + index[s + kAhead] * D, D, true);
+    }
+    update_row(weight + index[s] * D, momentum + index[s] * D, grad + s * D, D, lr, mu, wd, project);
+  }
+  return MX_SUCCESS;
+}
+
+// --- pfc_gather_rows --------------------------------------------------------------------------------------
+
+MXReturnValue parseGather(const Attrs&, int* num_in, int* num_out) {
+  *num_in = 2;
+  *num_out = 2;
+  return MX_SUCCESS;
+}
+
+MXReturnValue inferTypeGather(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  if ((*in)[0] != kFloat32 || (*in)[1] != kInt64) {
+    MX_ERROR_MSG << "pfc_gather_rows: expected float32 weight and int64 index";
+    return MX_FAIL;
+  }
+  (*out)[0] = (*out)[1] = kFloat32;
+  return MX_SUCCESS;
+}
+
+MXReturnValue inferShapeGather(const Attrs&, std::vector<std::vector<unsigned int>>* in,
+                               std::vector<std::vector<unsigned int>>* out) {
+  const auto &w = (*in)[0], &i = (*in)[1];
+  if (w.size() != 2 || i.size() != 1) {
+    MX_ERROR_MSG << "pfc_gather_rows: expected weight [count, D], index [S]";
+    return MX_FAIL;
+  }
+  (*out)[0] = {i[0], w[1]};
+  (*out)[1] = {i[0]};
+  return MX_SUCCESS;
+}
+
+// Rows [lo, hi) of the gather. The sum of squares is the same loop as pfc_inv_row_norms' (kernels.cc), so
+// the norms equal the ones that operator computes on the copy.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void gather_rows(const float* weight, const int64_t* index, float* rows, float* inv_norms, int64_t lo, int64_t hi,
+                 int64_t D) {
+  for (int64_t s = lo; s < hi; ++s) {
+    if (s + kAhead < hi) prefetch_row(weight + index[s + kAhead] * D, D, false);
+    const float* src = weight + index[s] * D;
+    float* dst = rows + s * D;
+    float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t d = 0; d < D; ++d) {
+      dst[d] = src[d];
+      acc += src[d] * src[d];
+    }
+    inv_norms[s] = 1.0f / std::sqrt(acc);
+  }
+}
+
+MXReturnValue forwardGather(const Attrs&, std::vector<MXTensor>* in, std::vector<MXTensor>* out,
+                            const OpResource&) {
+  const float* weight = (*in)[0].data<float>();
+  const int64_t* index = (*in)[1].data<int64_t>();
+  float* rows = (*out)[0].data<float>();
+  float* inv_norms = (*out)[1].data<float>();
+  const int64_t count = (*in)[0].shape[0], D = (*in)[0].shape[1], S = (*in)[1].shape[0];
+  for (int64_t s = 0; s < S; ++s) {
+    if (index[s] < 0 || index[s] >= count) {
+      MX_ERROR_MSG << "pfc_gather_rows: index " << index[s] << " outside the bank's " << count << " rows";
+      return MX_FAIL;
+    }
+  }
+  const int64_t block = 256;
+#pragma omp parallel for schedule(static)
+  for (int64_t lo = 0; lo < S; lo += block) gather_rows(weight, index, rows, inv_norms, lo, std::min(lo + block, S), D);
   return MX_SUCCESS;
 }
 
 }  // namespace
+
+REGISTER_OP(pfc_gather_rows)
+.setParseAttrs(parseGather)
+.setInferType(inferTypeGather)
+.setInferShape(inferShapeGather)
+.setForward(forwardGather, "cpu");
 
 REGISTER_OP(pfc_sgd_mom_rows)
 .setParseAttrs(parseAttrs)
