@@ -59,6 +59,18 @@ inline void prefetch_row(const float* row, int64_t D, bool for_write) {
   }
 }
 
+// Both operators check every index before they touch a row it names: a bad one fails the call with the
+// operator's name, the index and the bank's row count.
+MXReturnValue check_rows(const char* op, const int64_t* index, int64_t S, int64_t count) {
+  for (int64_t s = 0; s < S; ++s) {
+    if (index[s] < 0 || index[s] >= count) {
+      MX_ERROR_MSG << op << ": index " << index[s] << " outside the bank's " << count << " rows";
+      return MX_FAIL;
+    }
+  }
+  return MX_SUCCESS;
+}
+
 MXReturnValue parseAttrs(const Attrs& attrs, int* num_in, int* num_out) {
   for (const char* key : {"lr", "momentum", "wd"}) {
     if (!attrs.count(key)) {
@@ -140,12 +152,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* in, std::vector
     float* dst = (*out)[k].data<float>();
     if (src != dst) std::copy(src, src + count * D, dst);
   }
-  for (int64_t s = 0; s < S; ++s) {
-    if (index[s] < 0 || index[s] >= count) {
-      MX_ERROR_MSG << "pfc_sgd_mom_rows: index " << index[s] << " outside the bank's " << count << " rows";
-      return MX_FAIL;
-    }
-  }
+  if (check_rows("pfc_sgd_mom_rows", index, S, count) != MX_SUCCESS) return MX_FAIL;
   // Rows are independent (unique indices), so they split across the OpenMP threads MXNet itself uses.
 #pragma omp parallel for schedule(static)
   for (int64_t s = 0; s < S; ++s) {
@@ -213,12 +220,7 @@ MXReturnValue forwardGather(const Attrs&, std::vector<MXTensor>* in, std::vector
   float* rows = (*out)[0].data<float>();
   float* inv_norms = (*out)[1].data<float>();
   const int64_t count = (*in)[0].shape[0], D = (*in)[0].shape[1], S = (*in)[1].shape[0];
-  for (int64_t s = 0; s < S; ++s) {
-    if (index[s] < 0 || index[s] >= count) {
-      MX_ERROR_MSG << "pfc_gather_rows: index " << index[s] << " outside the bank's " << count << " rows";
-      return MX_FAIL;
-    }
-  }
+  if (check_rows("pfc_gather_rows", index, S, count) != MX_SUCCESS) return MX_FAIL;
   const int64_t block = 256;
 #pragma omp parallel for schedule(static)
   for (int64_t lo = 0; lo < S; lo += block) gather_rows(weight, index, rows, inv_norms, lo, std::min(lo + block, S), D);
