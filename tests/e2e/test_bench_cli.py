@@ -67,6 +67,32 @@ def test_bench_fc_float16_bank_and_table():
     assert "matmul>=70%" in text
 
 
+def test_steal_share_reads_proc_stat_and_flags_a_noisy_run(tmp_path, monkeypatch):
+    # cpu user nice system idle iowait irq softirq steal guest guest_nice
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 20 500 10 0 0 0 0 0\ncpu0 50 0 10 250 5 0 0 0 0 0\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(stat if p == "/proc/stat" else p, *a, **k))
+    before = common.cpu_times()
+    assert before == (0, 120)  # idle and iowait are not wanted time
+    stat.write_text("cpu  160 0 30 900 10 0 0 30 0 0\n")
+    after = common.cpu_times()
+    assert after == (30, 220)
+    assert common.steal_share(before, after) == pytest.approx(30 / 100)
+    assert common.steal_share(after, after) is None and common.steal_share(None, after) is None
+    stat.write_text("intr 1 2 3\n")
+    assert common.cpu_times() is None
+    monkeypatch.undo()
+
+    m = common.machine_info()
+    assert m["cpu_steal_share"] is None or 0.0 <= m["cpu_steal_share"] <= 1.0
+    lines = common.machine_lines({**m, "cpu_steal_share": 0.25})
+    assert lines[-1] == ("cpu time stolen by the hypervisor during the run: 25.0% "
+                         "(noisy: other guests held this machine's cores)")
+    assert common.machine_lines({**m, "cpu_steal_share": 0.001})[-1].endswith("during the run: 0.1%")
+    assert not any("stolen" in line for line in common.machine_lines({**m, "cpu_steal_share": None}))
+
+
 def test_bench_fc_skips_what_does_not_fit(monkeypatch):
     monkeypatch.setattr(common, "available_memory", lambda: 1 << 20)
     out, log = io.StringIO(), io.StringIO()

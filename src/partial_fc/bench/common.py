@@ -3,7 +3,9 @@ checks and the shared arguments.
 
 Figures from one machine do not transfer to another: the header names the CPU model, the BLAS libraries
 loaded in the process (MXNet's bundled OpenBLAS and numpy's are separate builds; each one's build string
-names the kernel it chose for this CPU), their thread counts and the thread settings of the launch.
+names the kernel it chose for this CPU), their thread counts and the thread settings of the launch. On a
+virtual machine it also gives the share of CPU time the hypervisor gave to other guests while the benchmark
+ran ("steal"): a few percent or more means the figures of that run are noisy, whatever the code did.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from ..head import precision
 
 BANK_DTYPES = precision.DTYPES
 GIB = 2.0 ** 30
+NOISY_STEAL = 0.02  # steal share above which a run's timings are flagged as noisy
 
 
 class BenchError(UserError, ValueError):
@@ -112,6 +115,33 @@ def memcpy_bandwidth(nbytes: int = 256 << 20, repeat: int = 5) -> float:
     return 2.0 * nbytes / seconds
 
 
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, wanted) clock ticks of all CPUs since boot, from the first line of /proc/stat: steal is time a
+    virtual CPU wanted to run while the hypervisor ran another guest; wanted is every tick that was not idle
+    (steal included). None where /proc/stat is not Linux's."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is already in user.
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return steal, user + nice + system + irq + softirq + steal
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Share of the CPU time wanted between two cpu_times() readings that went to other guests."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+# The benchmarks import this module before they start, so this reading marks the start of the run.
+_CPU_TIMES_AT_START = cpu_times()
+
+
 def machine_info() -> dict:
     """CPU, cores, library versions and thread pools, as far as they can be read without the environment."""
     import mxnet as mx
@@ -132,6 +162,7 @@ def machine_info() -> dict:
         "thread_settings": config.thread_settings(),
         "mxnet_blas": os.path.realpath(config.mxnet_openblas_path() or "") or None,
         "blas_kernel_choice": config.blas_kernel_choice(),
+        "cpu_steal_share": steal_share(_CPU_TIMES_AT_START, cpu_times()),
     }
 
 
@@ -214,6 +245,9 @@ def machine_lines(m: dict) -> list[str]:
         *(f"blas: {name}: {b['threads']} threads, {b.get('config', '?')}" for name, b in m["blas"].items()),
         f"mxnet's blas: {m.get('mxnet_blas') or 'none found'}; {m.get('blas_kernel_choice')}",
         f"thread settings: {settings}; process threads after the run: {m['process_threads']}",
+        *([f"cpu time stolen by the hypervisor during the run: {m['cpu_steal_share']:.1%}"
+           + (" (noisy: other guests held this machine's cores)" if m["cpu_steal_share"] >= NOISY_STEAL else "")]
+          if m.get("cpu_steal_share") is not None else []),
     ]
 
 
