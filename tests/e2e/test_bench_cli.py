@@ -30,7 +30,7 @@ def test_bench_fc_json():
     assert [(r["n_local"], r["rate"]) for r in rows] == [(1000, 1.0), (1000, 0.3), (1000, 0.1)]
     assert [r["sampled"] for r in rows] == [1000, 300, 100]
     for r in rows:
-        for key in ("step_s", "ratio", "ratio_ceiling", "sampler_s", "sampler_share", "gflops", "numpy_gflops",
+        for key in ("step_s", "ratio", "ratio_paired", "ratio_ceiling", "sampler_s", "sampler_share", "gflops", "numpy_gflops",
                     "phased_step_s", "matmul_phase_s", "matmul_gflops", "matmul_share", "bound_s", "of_bound",
                     "mxnet_dot_gflops"):
             assert math.isfinite(r[key]) and r[key] > 0, (key, r[key])
@@ -47,7 +47,10 @@ def test_bench_fc_json():
         assert r["of_bound"] == pytest.approx(r["bound_s"] / r["step_s"])
         assert r["matmul_gflops"] == pytest.approx(r["matmul_gflop"] / r["matmul_phase_s"])
         assert r["matmul_share"] == pytest.approx(r["matmul_gflops"] / r["numpy_gflops"])
-    assert rows[0]["ratio"] == 1.0 and rows[2]["ratio_ceiling"] == 10.0
+    assert rows[0]["ratio"] == 1.0 and rows[0]["ratio_paired"] == 1.0 and rows[2]["ratio_ceiling"] == 10.0
+    for r in rows:
+        pairs = sorted(a / b for a, b in zip(rows[0]["step_times_s"], r["step_times_s"]))
+        assert r["ratio_paired"] == pytest.approx((pairs[0] + pairs[1]) / 2)  # the median of the 2 repeats
     # The ratio target is for N_local = 1e6 only; the sampler's at r = 0.1; the matmul share's everywhere.
     names = sorted((t["name"], t["rate"]) for t in report["targets"])
     assert names == [("matmul_share", 0.1), ("matmul_share", 0.3), ("matmul_share", 1.0), ("sampler_share", 0.1)]

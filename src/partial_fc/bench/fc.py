@@ -9,6 +9,8 @@ wait and a clock reading around each phase). Reported per (N_local, r), medians 
 repeats after one warm-up:
     step          seconds of the plain step
     ratio         t(r_ref) / t(r), r_ref the largest rate; its ceiling is S(r_ref) / S(r)
+    paired        the median over repeats of each repeat's own t(r_ref) / t(r): the two steps of a repeat run
+                  seconds apart, so a machine that slows down for a while (another guest on a VM) moves both
     sampler       seconds of op.sampler.sample(labels, step) alone, and its share of the step
     phases        seconds per phase of the phased step: exchange, sample, gather, normalise (the centers'
                   norms, the 1/|w| scaling and the gradient's projection), matmul (the matrix products alone),
@@ -164,6 +166,7 @@ def _bench_n_local(n, batch, dim, rates, repeat, seed, bank_dtype, rng, numpy_re
             "n_local": n, "rate": r, "sampled": s,
             "step_s": step_s, "step_times_s": step_times[r],
             "ratio": statistics.median(step_times[ref]) / step_s, "ratio_ref_rate": ref,
+            "ratio_paired": statistics.median(a / b for a, b in zip(step_times[ref], step_times[r])),
             "ratio_ceiling": sampled[ref] / s,
             "sampler_s": sampler_s, "sampler_share": sampler_s / step_s,
             "phased_step_s": statistics.median(p["total"] for p in phased[r]),
@@ -320,11 +323,11 @@ def format_table(report: dict) -> str:
                                  lambda t: labels[t["name"]](t))
     results = report["results"]
     rows = [(f"{r['n_local']:,}", f"{r['rate']:g}", f"{r['sampled']:,}", ms(r["step_s"]), f"{r['ratio']:.2f}",
-             f"{r['ratio_ceiling']:.1f}", f"{r['sampler_s'] * 1e3:.2f}", f"{r['sampler_share']:.2%}",
+             f"{r['ratio_paired']:.2f}", f"{r['ratio_ceiling']:.1f}", f"{r['sampler_s'] * 1e3:.2f}", f"{r['sampler_share']:.2%}",
              "; ".join(step_targets.get((r["n_local"], r["rate"]), ["-"]))) for r in results]
     if rows:
         lines += ["step (plain, no waits inside):"]
-        lines += table(("N_local", "r", "S", "step ms", "ratio", "ceil", "sampler ms", "sampler %", "target"), rows)
+        lines += table(("N_local", "r", "S", "step ms", "ratio", "paired", "ceil", "sampler ms", "sampler %", "target"), rows)
 
         names = list(dict.fromkeys(p for r in results for p in r["phases_s"]))
         rows = [(f"{r['n_local']:,}", f"{r['rate']:g}", ms(r["phased_step_s"]),
@@ -344,7 +347,8 @@ def format_table(report: dict) -> str:
     lines += [f"N_local={s['n_local']:,}: {s['message']}" for s in report["skipped"]]
     lines += [
         "",
-        f"ratio = t(r={results[0]['ratio_ref_rate']:g}) / t(r), ceil = S(ref) / S. " if results else "",
+        f"ratio = t(r={results[0]['ratio_ref_rate']:g}) / t(r) on the median steps, paired = median of each repeat's "
+        "own ratio (steady when the machine's speed drifts), ceil = S(ref) / S. " if results else "",
         f"GFLOP/s: the step's {MATMULS_PER_STEP} matmuls (2*B*S*D flops each) over the matmul phase "
         "(step GFLOP/s: over the whole plain step); numpy = one float32 [B,D]x[D,S] matmul; share = GFLOP/s / numpy;",
         "mxnet dot = GFLOP/s of the same product as one mx.nd.dot (MXNet's BLAS), for reference.",
