@@ -8,7 +8,6 @@ things go wrong"). One section per failure class:
   5. exact resume after a kill at a random step (horovodrun -np 2)
 """
 import hashlib
-import json
 import os
 import random
 import resource
@@ -22,7 +21,7 @@ import pytest
 
 from partial_fc import checkpoint
 from partial_fc.data import records, synth
-from support.runs import losses_by_step
+from support.runs import losses_by_step, rank_pid, wait_for_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
@@ -334,36 +333,6 @@ def test_a_full_disk_during_a_save_fails_loudly_and_keeps_the_previous_checkpoin
 
 # --- 4. dead or stuck workers ----------------------------------------------------------------------------
 
-def _rank_pid(output, rank, deadline):
-    """The pid of the trainer process of `rank` whose PFC_OUTPUT is `output` (from /proc)."""
-    want = [f"PFC_OUTPUT={output}".encode(), f"HOROVOD_RANK={rank}".encode()]
-    while time.time() < deadline:
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as f:
-                    env = f.read().split(b"\0")
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read()
-            except OSError:
-                continue
-            if all(w in env for w in want) and b"partial-fc" in cmd and b"bash" not in cmd.split(b"\0")[0]:
-                return int(pid)
-        time.sleep(0.5)
-    raise AssertionError(f"rank {rank} of {output} not found")
-
-
-def _wait_for_step(output, step, deadline, proc):
-    path = os.path.join(output, "metrics.jsonl")
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()[0][-3000:]
-        if os.path.exists(path):
-            steps = [json.loads(x).get("step", 0) for x in open(path) if x.strip()]
-            if steps and max(steps) >= step:
-                return
-        time.sleep(0.3)
-    raise AssertionError(f"step {step} not reached")
-
-
 def _launch_long(tmp_path, name, **extra):
     out = tmp_path / name
     env = _env(PFC_COMM="horovod", PFC_DATA_DIR="", PFC_NUM_CLASSES=40, PFC_OUTPUT=out, PFC_MAX_STEPS=100000,
@@ -394,8 +363,8 @@ def test_a_stuck_or_dead_rank_ends_the_job_within_the_timeout(tmp_path, fault):
     proc, out = _launch_long(tmp_path, fault, PFC_COLLECTIVE_TIMEOUT=timeout)
     try:
         deadline = time.time() + 240
-        _wait_for_step(out, 3, deadline, proc)
-        victim = _rank_pid(out, 1, deadline)
+        wait_for_step(out, 3, proc, deadline)
+        victim = rank_pid(out, 1, deadline)
         os.kill(victim, signal.SIGSTOP if fault == "stopped" else signal.SIGKILL)
         # The watchdog's bound is about 1.5 x the timeout; far past it the job is hung, not slow.
         rc, text = _finish(proc, hung_after=4 * timeout + 60)
@@ -445,7 +414,7 @@ def test_resume_after_kill_9_at_a_random_step_repeats_the_uninterrupted_losses(d
     proc = subprocess.Popen(launch, cwd=ROOT, env=_env(PFC_OUTPUT=cut, **settings), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        _wait_for_step(cut, kill_at, time.time() + 240, proc)
+        wait_for_step(cut, kill_at, proc, time.time() + 240)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # every process of the job at once, as a lost machine would
         proc.communicate()

@@ -4,7 +4,6 @@ step, one checkpoint of it is saved, the job exits 4 with one line from rank 0, 
 the uninterrupted run's losses from there. A second signal during that save exits at once and leaves the
 previous checkpoint the newest complete one."""
 import hashlib
-import json
 import os
 import re
 import signal
@@ -17,10 +16,8 @@ import pytest
 
 from partial_fc import checkpoint
 from partial_fc.training.preemption import EXIT_PREEMPTED, SAME_REQUEST_S
-from support.runs import losses_by_step
+from support.runs import ROOT, losses_by_step, rank_pid, run as _run, small_run_env, wait_for_step
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.path.dirname(sys.executable)
 TOTAL = 10
 HOROVODRUN = ["horovodrun", "-np", "2", "-H", "localhost:2", "--gloo", "bash", "config.sh"]  # as users launch
 STOPPED = re.compile(r"partial-fc: error: stopped by (SIG[A-Z]+) after step (\d+): checkpoint (\S+) saved; "
@@ -28,49 +25,7 @@ STOPPED = re.compile(r"partial-fc: error: stopped by (SIG[A-Z]+) after step (\d+
 
 
 def _env(output, **extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PFC_")}
-    env.update(PATH=f"{BIN}:{env.get('PATH', '')}", PFC_COMM="horovod", PFC_DATA_DIR="", PFC_NUM_CLASSES="40",
-               PFC_SYNTHETIC_IDENTITIES="8", PFC_BATCH_SIZE="4", PFC_EMBEDDING_SIZE="16", PFC_NETWORK="mbf",
-               PFC_FREQUENT="1", PFC_VERBOSE="1000", PFC_CHECKPOINT_STEPS="1000", PFC_TENSORBOARD="0",
-               PFC_MAX_STEPS=str(TOTAL), PFC_OUTPUT=str(output), OMP_NUM_THREADS="1",
-               MXNET_CPU_WORKER_NTHREADS="1", HOROVOD_FUSION_THRESHOLD="0", PYTHONUNBUFFERED="1")
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-def _run(cmd, env, timeout=400):
-    return subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def _wait_for_step(output, step, proc, deadline):
-    path = os.path.join(output, "metrics.jsonl")
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()[0][-3000:]
-        if os.path.exists(path) and any(json.loads(x).get("step", 0) >= step for x in open(path) if x.strip()):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"step {step} not reached")
-
-
-def _rank_pid(output, rank, deadline):
-    """The pid of the trainer process of `rank` (horovodrun or mpirun) whose PFC_OUTPUT is `output`."""
-    mine = f"PFC_OUTPUT={output}".encode()
-    ranks = [f"HOROVOD_RANK={rank}".encode(), f"OMPI_COMM_WORLD_RANK={rank}".encode()]
-    while time.time() < deadline:
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as f:
-                    env = f.read().split(b"\0")
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().split(b"\0")
-            except OSError:
-                continue
-            if mine in env and any(r in env for r in ranks) and b"partial-fc" in b" ".join(cmd) \
-                    and b"bash" not in cmd[0]:
-                return int(pid)
-        time.sleep(0.3)
-    raise AssertionError(f"rank {rank} of {output} not found")
+    return small_run_env(output, TOTAL, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +47,8 @@ def _stop(cmd, env, output, target, sig, after_step=2):
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 300
-        _wait_for_step(output, after_step, proc, deadline)
-        pid = proc.pid if target == "launcher" else _rank_pid(output, target, deadline)
+        wait_for_step(output, after_step, proc, deadline)
+        pid = proc.pid if target == "launcher" else rank_pid(output, target, deadline)
         os.kill(pid, sig)
         text = proc.communicate(timeout=240)[0]
     finally:

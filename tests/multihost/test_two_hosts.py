@@ -12,34 +12,18 @@ training, with one line naming the rank and host that do not see it, under both 
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 
 from partial_fc import checkpoint
-from support.runs import losses_by_step
+from support.runs import losses_by_step, run as _run, small_run_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.path.dirname(sys.executable)
 TOTAL, HALF = 4, 2  # steps of a run; the first two-host run stops at HALF (a checkpoint), the resume goes on
 LOOPBACK_MPI = {"OMPI_MCA_btl_tcp_if_include": "lo", "OMPI_MCA_oob_tcp_if_include": "lo"}
 
 
 def _env(output, **extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PFC_", "OMPI_", "HOROVOD_"))}
-    env.update(PATH=f"{BIN}:{env.get('PATH', '')}", PFC_COMM="horovod", PFC_DATA_DIR="", PFC_NUM_CLASSES="40",
-               PFC_SYNTHETIC_IDENTITIES="8", PFC_BATCH_SIZE="4", PFC_EMBEDDING_SIZE="16", PFC_NETWORK="mbf",
-               PFC_FREQUENT="1", PFC_VERBOSE="1000", PFC_CHECKPOINT_STEPS=str(HALF), PFC_TENSORBOARD="0",
-               PFC_MAX_STEPS=str(TOTAL), PFC_OUTPUT=str(output), OMP_NUM_THREADS="1",
-               MXNET_CPU_WORKER_NTHREADS="1", HOROVOD_FUSION_THRESHOLD="0", PYTHONUNBUFFERED="1")
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-def _run(cmd, env, timeout=400):
-    return subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return small_run_env(output, TOTAL, **{"PFC_CHECKPOINT_STEPS": HALF, **extra})
 
 
 def _ok(p):

@@ -224,6 +224,22 @@ def _process_threads() -> int | None:
         return None
 
 
+def processes_with_env(item: bytes):
+    """(pid, environment, command line) of each process whose environment holds `item` (b"NAME=value"),
+    read from /proc, both as lists of bytes; a process that ends or cannot be read meanwhile is skipped.
+    How the soak benchmark and the tests find the trainer ranks of one run (by its PFC_OUTPUT)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        if item in env:
+            yield int(pid), env, cmd
+
+
 # ---- output -----------------------------------------------------------------------------------------------
 
 def emit(report: dict, formatter, as_json: bool, out) -> None:

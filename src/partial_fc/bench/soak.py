@@ -236,19 +236,12 @@ def checkpoints_on_disk(output: str) -> dict:
 
 def _rank_pids(output: str, workers: int) -> dict:
     """{rank: pid} of the trainer processes whose PFC_OUTPUT is `output` (from /proc)."""
-    found, mine = {}, f"PFC_OUTPUT={output}".encode()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().split(b"\0")
-        except OSError:
-            continue
-        if mine in env and cmd and cmd[-2:] == [b"train", b""] and b"env" not in os.path.basename(cmd[0]):
+    found = {}
+    for pid, env, cmd in common.processes_with_env(f"PFC_OUTPUT={output}".encode()):
+        if cmd[-2:] == [b"train", b""] and b"env" not in os.path.basename(cmd[0]):
             for item in env:
                 if item.startswith(b"HOROVOD_RANK="):
-                    found[int(item.split(b"=", 1)[1])] = int(pid)
+                    found[int(item.split(b"=", 1)[1])] = pid
     return found if len(found) == workers else {}
 
 
