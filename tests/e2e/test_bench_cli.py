@@ -30,9 +30,9 @@ def test_bench_fc_json():
     assert [(r["n_local"], r["rate"]) for r in rows] == [(1000, 1.0), (1000, 0.3), (1000, 0.1)]
     assert [r["sampled"] for r in rows] == [1000, 300, 100]
     for r in rows:
-        for key in ("step_s", "ratio", "ratio_paired", "ratio_ceiling", "sampler_s", "sampler_share", "gflops", "numpy_gflops",
-                    "phased_step_s", "matmul_phase_s", "matmul_gflops", "matmul_share", "bound_s", "of_bound",
-                    "mxnet_dot_gflops"):
+        for key in ("step_s", "ratio", "ratio_paired", "ratio_ceiling", "sampler_s", "sampler_share", "gflops",
+                    "numpy_gflops", "phased_step_s", "matmul_phase_s", "matmul_gflops", "matmul_share", "bound_s",
+                    "of_bound", "mxnet_dot_gflops"):
             assert math.isfinite(r[key]) and r[key] > 0, (key, r[key])
         assert len(r["step_times_s"]) == 2 and len(r["phased_steps"]) == 2
         # The operator reports every phase of the agreed interface, and nothing else.

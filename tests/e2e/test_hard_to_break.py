@@ -21,10 +21,8 @@ import pytest
 
 from partial_fc import checkpoint
 from partial_fc.data import records, synth
-from support.runs import losses_by_step, rank_pid, wait_for_step
+from support.runs import BIN, ROOT, losses_by_step, rank_pid, wait_for_step
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.path.dirname(sys.executable)
 KILLER = os.path.join(ROOT, "tests", "support", "kill_during_save.py")
 
 

@@ -261,10 +261,16 @@ def machine_lines(m: dict) -> list[str]:
         *(f"blas: {name}: {b['threads']} threads, {b.get('config', '?')}" for name, b in m["blas"].items()),
         f"mxnet's blas: {m.get('mxnet_blas') or 'none found'}; {m.get('blas_kernel_choice')}",
         f"thread settings: {settings}; process threads after the run: {m['process_threads']}",
-        *([f"cpu time stolen by the hypervisor during the run: {m['cpu_steal_share']:.1%}"
-           + (" (noisy: other guests held this machine's cores)" if m["cpu_steal_share"] >= NOISY_STEAL else "")]
-          if m.get("cpu_steal_share") is not None else []),
+        *_steal_lines(m.get("cpu_steal_share")),
     ]
+
+
+def _steal_lines(share: float | None) -> list[str]:
+    """The header's steal line, none where the share could not be read (not Linux)."""
+    if share is None:
+        return []
+    noisy = " (noisy: other guests held this machine's cores)" if share >= NOISY_STEAL else ""
+    return [f"cpu time stolen by the hypervisor during the run: {share:.1%}{noisy}"]
 
 
 def table(head, rows) -> list[str]:

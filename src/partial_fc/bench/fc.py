@@ -323,11 +323,13 @@ def format_table(report: dict) -> str:
                                  lambda t: labels[t["name"]](t))
     results = report["results"]
     rows = [(f"{r['n_local']:,}", f"{r['rate']:g}", f"{r['sampled']:,}", ms(r["step_s"]), f"{r['ratio']:.2f}",
-             f"{r['ratio_paired']:.2f}", f"{r['ratio_ceiling']:.1f}", f"{r['sampler_s'] * 1e3:.2f}", f"{r['sampler_share']:.2%}",
-             "; ".join(step_targets.get((r["n_local"], r["rate"]), ["-"]))) for r in results]
+             f"{r['ratio_paired']:.2f}", f"{r['ratio_ceiling']:.1f}", f"{r['sampler_s'] * 1e3:.2f}",
+             f"{r['sampler_share']:.2%}", "; ".join(step_targets.get((r["n_local"], r["rate"]), ["-"])))
+            for r in results]
     if rows:
         lines += ["step (plain, no waits inside):"]
-        lines += table(("N_local", "r", "S", "step ms", "ratio", "paired", "ceil", "sampler ms", "sampler %", "target"), rows)
+        lines += table(("N_local", "r", "S", "step ms", "ratio", "paired", "ceil", "sampler ms", "sampler %",
+                        "target"), rows)
 
         names = list(dict.fromkeys(p for r in results for p in r["phases_s"]))
         rows = [(f"{r['n_local']:,}", f"{r['rate']:g}", ms(r["phased_step_s"]),
